@@ -1,0 +1,421 @@
+"""Inter-annotator agreement and a quality-weighted consensus label, for images labelled by several people.
+
+Low agreement on a class means its definition is unclear to people, which no model can fix; the consensus
+label (cleanlab's CROWDLAB, which weighs each annotator by estimated quality and a classifier's out-of-sample
+probabilities) is what the ``mistakes`` check audits instead of a single annotator's label.
+
+Definitions
+-----------
+- ``n_items``: samples with two or more annotations (only those say anything about agreement).
+- ``percent_agreement``: mean over those items of the share of agreeing rater pairs,
+  ``sum_j n_ij (n_ij - 1) / (n_i (n_i - 1))`` (Fleiss' ``P_i``).
+- ``cohen_kappa_matrix``: Cohen's kappa for each pair of annotators on the items both labelled (null when they
+  share fewer than two items or kappa is undefined, e.g. both always gave the same single class; the diagonal
+  is 1 by convention for annotators with two or more labels).
+- ``fleiss_kappa``: Fleiss' kappa needs the same number of ratings per item, so it is computed on the items
+  with exactly the modal number of ratings (``fleiss_raters_per_item``, the larger on a tie) among the
+  ``n_items``; ``fleiss_items`` says how many items that is.
+- ``krippendorff_alpha``: nominal Krippendorff's alpha on the annotators x samples matrix with missing ratings
+  allowed (samples with fewer than two ratings do not contribute).
+- ``per_class`` (one class versus the rest, the standard approach for per-category agreement): ``n_items``
+  items (of ``n_items``) where anyone chose the class; ``percent_agreement`` is the *specific* (positive)
+  agreement ``sum_i n_ij (n_ij - 1) / sum_i n_ij (n_i - 1)``: given one rater chose the class, the chance
+  another rater of the same item did too; ``fleiss_kappa`` on the binarised ratings of the Fleiss items
+  (equal to Fleiss' 1971 per-category kappa); ``krippendorff_alpha`` on the binarised ratings.
+- ``per_annotator``: ``agreement_with_consensus`` and ``cohen_kappa_with_consensus`` on the annotator's items
+  that have two or more annotations (on a single-annotation item the consensus is mostly that very label);
+  ``quality`` is cleanlab's annotator quality (null without predicted probabilities).
+- Per sample: ``agreement_rate`` is the share of the sample's annotators who gave the consensus label (NaN
+  without annotations), cleanlab's ``annotator_agreement``; a sample is "low agreement" when it is below
+  ``low_agreement_threshold`` (a single-annotation sample only when the consensus overrules its annotator).
+
+Consensus: cleanlab ``get_label_quality_multiannotator`` (CROWDLAB, ``best_quality``) with
+``context.pred_probs`` when given, else with out-of-sample probabilities of a K-fold cross-validated logistic
+regression on the embeddings, trained on the majority-vote labels
+(:func:`cross_validated_probs_from_embeddings`). Samples with no usable probabilities (unreadable images) get
+a uniform prior, so their annotators alone decide. Without any probabilities, or with a single annotator, the
+consensus is cleanlab's majority vote and quality is null.
+
+Parameters (``[checks.agreement]``): ``low_agreement_threshold`` (default 0.5), ``folds`` (default 5).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from audit.checks.base import CheckContext, CheckInputError, CheckResult, Requirement, json_safe, register
+
+DEFAULT_PARAMS: dict[str, Any] = {"low_agreement_threshold": 0.5, "folds": 5}
+
+
+@register
+class AgreementCheck:
+    """Agreement statistics between annotators and a consensus label per sample."""
+
+    name: ClassVar[str] = "agreement"
+    requires: ClassVar[tuple[Requirement, ...]] = ("annotations",)
+    description: ClassVar[str] = (
+        "Inter-annotator agreement (percent agreement, Cohen's and Fleiss' kappa, Krippendorff's alpha, "
+        "overall and per class) and cleanlab's quality-weighted consensus label with per-annotator quality."
+    )
+
+    def run(self, context: CheckContext) -> CheckResult:
+        params = _merge_params(context.params)
+        annotators, wide = annotation_matrix(context)
+        k = len(context.class_names)
+        if wide.notna().sum().sum() == 0:
+            empty = pd.DataFrame(index=context.samples.index)
+            return CheckResult(self.name, empty, {"skipped": "no annotator labels"})
+        counts = vote_counts(wide, k)
+        n_ratings = counts.sum(axis=1)
+        multi = n_ratings >= 2
+        active = [a for a in annotators if wide[a].notna().any()]
+        null_reasons: dict[str, str] = {}
+        if len(active) < 2:
+            null_reasons["agreement"] = "only one annotator labelled any sample; agreement needs two"
+        elif not multi.any():
+            null_reasons["agreement"] = "no sample has two or more annotations"
+
+        consensus = ConsensusResult.compute(context, wide[active], n_ratings, params["folds"])
+        if consensus.quality_reason:
+            null_reasons["quality"] = consensus.quality_reason
+        agreeing = wide.eq(consensus.labels, axis=0).sum(axis=1).to_numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = np.where(n_ratings > 0, agreeing / n_ratings, np.nan)
+
+        fleiss, fleiss_raters, fleiss_rows = fleiss_on_modal_items(wide, n_ratings, k)
+        threshold = params["low_agreement_threshold"]
+        metrics: dict[str, Any] = {
+            "n_annotators": len(annotators),
+            "annotators": annotators,
+            "n_annotations": int(n_ratings.sum()),
+            "n_items": int(multi.sum()),
+            "n_single_annotation": int((n_ratings == 1).sum()),
+            "n_unannotated": int((n_ratings == 0).sum()),
+            "percent_agreement": percent_agreement(counts),
+            "cohen_kappa_matrix": cohen_kappa_matrix(wide, k),
+            "mean_cohen_kappa": None,
+            "fleiss_kappa": fleiss,
+            "fleiss_items": int(fleiss_rows.sum()),
+            "fleiss_raters_per_item": fleiss_raters,
+            "krippendorff_alpha": krippendorff_alpha(wide.to_numpy().T, list(range(k))),
+            "per_class": per_class_agreement(wide, counts, fleiss_rows, context.class_names),
+            "per_annotator": per_annotator_agreement(wide, consensus, multi, k),
+            "consensus_method": consensus.method,
+            "pred_probs_source": consensus.pred_probs_source,
+            "mean_consensus_quality": _mean_or_none(consensus.quality),
+            "low_agreement_threshold": threshold,
+            "n_low_agreement": int((rate < threshold).sum()),
+            "null_reasons": null_reasons,
+        }
+        pairs = np.array(metrics["cohen_kappa_matrix"]["matrix"], dtype=float)
+        metrics["mean_cohen_kappa"] = _mean_or_none(pairs[np.triu_indices(len(annotators), k=1)])
+
+        names = np.array(context.class_names, dtype=object)
+        labels = consensus.labels.to_numpy()
+        per_sample = pd.DataFrame(
+            {
+                "agreement_consensus_label": pd.Series(
+                    [names[int(c)] if c == c else None for c in labels], index=wide.index, dtype=object
+                ),
+                "agreement_consensus_quality": consensus.quality.astype(float),
+                "agreement_n_annotations": n_ratings.astype(np.int64),
+                "agreement_rate": rate.astype(float),
+            },
+            index=context.samples.index,
+        )
+        return CheckResult(self.name, per_sample, json_safe(metrics))
+
+
+def _merge_params(params: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+    if unknown:
+        raise CheckInputError(f"unknown agreement parameter(s) {unknown}; known: {sorted(DEFAULT_PARAMS)}")
+    merged = {**DEFAULT_PARAMS, **params}
+    threshold, folds = merged["low_agreement_threshold"], merged["folds"]
+    if not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+        raise CheckInputError(f"checks.agreement.low_agreement_threshold must be in [0, 1]: {threshold!r}")
+    if not isinstance(folds, int) or folds < 2:
+        raise CheckInputError(f"checks.agreement.folds must be an integer >= 2, got {folds!r}")
+    return merged
+
+
+def annotation_matrix(context: CheckContext) -> tuple[list[str], pd.DataFrame]:
+    """Validate the long annotation table and pivot it to samples x annotators of class codes (NaN: missing).
+
+    Annotators whose every label is missing stay as all-NaN columns, so they are reported rather than lost.
+    """
+    table = context.annotations
+    missing = [c for c in ("sample_id", "annotator", "label") if table is None or c not in table.columns]
+    if missing:
+        raise CheckInputError(f"annotations need columns sample_id, annotator, label; missing {missing}")
+    table = table[["sample_id", "annotator", "label"]].astype({"sample_id": str, "annotator": str})
+    unknown = table.loc[~table["sample_id"].isin(context.samples.index), "sample_id"]
+    if len(unknown):
+        raise CheckInputError(
+            f"{len(unknown)} annotation(s) name samples not in the dataset, e.g. {sorted(set(unknown))[:3]}"
+        )
+    twice = table.duplicated(["sample_id", "annotator"])
+    if twice.any():
+        row = table[twice].iloc[0]
+        raise CheckInputError(f"annotator {row.annotator!r} labels sample {row.sample_id!r} more than once")
+    annotators = sorted(table["annotator"].unique())
+    table = table[table["label"].notna()]
+    labels = table["label"].astype(str)
+    codes = {name: i for i, name in enumerate(context.class_names)}
+    strange = sorted(set(labels) - set(codes))
+    if strange:
+        raise CheckInputError(
+            f"annotators used label(s) {strange[:5]} that are not in class_names {context.class_names[:10]}"
+        )
+    long = pd.DataFrame({"sample_id": table["sample_id"], "annotator": table["annotator"],
+                         "code": labels.map(codes).astype(float)})
+    wide = long.pivot(index="sample_id", columns="annotator", values="code")
+    wide = wide.reindex(index=context.samples.index, columns=annotators).astype(float)
+    wide.columns.name = None
+    return annotators, wide
+
+
+def vote_counts(wide: pd.DataFrame, k: int) -> np.ndarray:
+    """``(n_samples, k)`` number of annotators choosing each class."""
+    values = wide.to_numpy()
+    return np.stack([(values == j).sum(axis=1) for j in range(k)], axis=1) if k else np.zeros((len(wide), 0))
+
+
+def percent_agreement(counts: np.ndarray) -> float | None:
+    """Mean share of agreeing rater pairs over samples with two or more ratings (None when there are none)."""
+    n = counts.sum(axis=1)
+    keep = n >= 2
+    if not keep.any():
+        return None
+    agreeing_pairs = (counts[keep] * (counts[keep] - 1)).sum(axis=1)
+    return float(np.mean(agreeing_pairs / (n[keep] * (n[keep] - 1))))
+
+
+def _defined(value: float) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+def _mean_or_none(values: Any) -> float | None:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else None
+
+
+def cohen_kappa(a: pd.Series, b: pd.Series, k: int) -> float | None:
+    """Cohen's kappa on the items both raters labelled; None below two such items or when undefined."""
+    from sklearn.metrics import cohen_kappa_score
+
+    both = pd.concat([a, b], axis=1).dropna()
+    if len(both) < 2:
+        return None
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore")
+        first, second = both.iloc[:, 0].astype(int), both.iloc[:, 1].astype(int)
+        value = cohen_kappa_score(first, second, labels=list(range(k)))
+    return _defined(value)
+
+
+def cohen_kappa_matrix(wide: pd.DataFrame, k: int) -> dict[str, Any]:
+    """Symmetric pairwise Cohen's kappa, annotators in sorted order."""
+    names = list(wide.columns)
+    matrix: list[list[float | None]] = [[None] * len(names) for _ in names]
+    for i, a in enumerate(names):
+        matrix[i][i] = 1.0 if wide[a].notna().sum() >= 2 else None
+        for j in range(i + 1, len(names)):
+            matrix[i][j] = matrix[j][i] = cohen_kappa(wide[a], wide[names[j]], k)
+    return {"annotators": names, "matrix": matrix}
+
+
+def fleiss_on_modal_items(
+    wide: pd.DataFrame, n_ratings: np.ndarray, k: int
+) -> tuple[float | None, int | None, np.ndarray]:
+    """Fleiss' kappa on the samples with the modal number (>= 2) of ratings.
+
+    Returns the kappa (None when undefined), that number of raters, and the boolean mask of samples used.
+    """
+    from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
+
+    multi = n_ratings[n_ratings >= 2]
+    if not multi.size:
+        return None, None, np.zeros(len(wide), dtype=bool)
+    sizes, frequency = np.unique(multi, return_counts=True)
+    raters = int(sizes[frequency == frequency.max()].max())
+    rows = n_ratings == raters
+    ratings = np.array([r[~np.isnan(r)] for r in wide.to_numpy()[rows]], dtype=int)
+    table, _ = aggregate_raters(ratings, n_cat=k)
+    return _fleiss(table, fleiss_kappa), raters, rows
+
+
+def _fleiss(table: np.ndarray, fleiss_kappa) -> float | None:
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore")
+        return _defined(fleiss_kappa(table, method="fleiss"))
+
+
+def krippendorff_alpha(reliability: np.ndarray, domain: list[int]) -> float | None:
+    """Nominal alpha of a raters x units matrix (NaN: missing); None when no unit is pairable or undefined."""
+    import krippendorff
+
+    if (np.isfinite(reliability).sum(axis=0) >= 2).sum() == 0 or len(domain) < 2:
+        return None
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore")
+        value = krippendorff.alpha(reliability_data=reliability, level_of_measurement="nominal",
+                                   value_domain=domain)
+    return _defined(value)
+
+
+def per_class_agreement(wide: pd.DataFrame, counts: np.ndarray, fleiss_rows: np.ndarray,
+                        class_names: list[str]) -> dict[str, dict[str, Any]]:
+    """One-versus-rest agreement per class (see the module docstring for the definitions)."""
+    from statsmodels.stats.inter_rater import fleiss_kappa
+
+    n = counts.sum(axis=1)
+    multi = n >= 2
+    raters = int(n[fleiss_rows][0]) if fleiss_rows.any() else 0
+    values = wide.to_numpy().T
+    out = {}
+    for j, name in enumerate(class_names):
+        c = counts[multi, j]
+        pairs_with_class = (c * (n[multi] - 1)).sum()
+        fleiss_table = np.stack([counts[fleiss_rows, j], raters - counts[fleiss_rows, j]], axis=1)
+        out[name] = {
+            "n_items": int((c > 0).sum()),
+            "percent_agreement": float((c * (c - 1)).sum() / pairs_with_class) if pairs_with_class else None,
+            "fleiss_kappa": _fleiss(fleiss_table, fleiss_kappa) if fleiss_rows.any() else None,
+            "krippendorff_alpha": krippendorff_alpha(np.where(np.isnan(values), np.nan, values == j), [0, 1]),
+        }
+    return out
+
+
+def per_annotator_agreement(wide: pd.DataFrame, consensus: ConsensusResult, multi: np.ndarray,
+                            k: int) -> dict[str, dict[str, Any]]:
+    """Each annotator against the consensus on their multi-annotated samples, plus cleanlab's quality."""
+    out = {}
+    for name in wide.columns:
+        own = wide[name]
+        shared = own.notna().to_numpy() & multi
+        agree = own[shared] == consensus.labels[shared]
+        out[name] = {
+            "n_labels": int(own.notna().sum()),
+            "n_shared_items": int(shared.sum()),
+            "agreement_with_consensus": float(agree.mean()) if shared.any() else None,
+            "cohen_kappa_with_consensus": cohen_kappa(own[shared], consensus.labels[shared], k),
+            "quality": consensus.annotator_quality.get(name),
+        }
+    return out
+
+
+class ConsensusResult:
+    """Consensus class code per sample (NaN: no annotation), its quality and each annotator's quality."""
+
+    def __init__(self, labels: pd.Series, quality: pd.Series, annotator_quality: dict[str, float | None],
+                 method: str, pred_probs_source: str | None, quality_reason: str | None) -> None:
+        self.labels = labels
+        self.quality = quality
+        self.annotator_quality = annotator_quality
+        self.method = method
+        self.pred_probs_source = pred_probs_source
+        self.quality_reason = quality_reason
+
+    @classmethod
+    def compute(cls, context: CheckContext, wide: pd.DataFrame, n_ratings: np.ndarray,
+                folds: int) -> ConsensusResult:
+        """CROWDLAB consensus when there are probabilities and overlapping annotators, else majority vote."""
+        from cleanlab.multiannotator import get_label_quality_multiannotator, get_majority_vote_label
+
+        annotated = n_ratings > 0
+        labels_multi = wide[annotated]
+        index = wide.index
+        majority = _seeded(context.seed, get_majority_vote_label, labels_multi.to_numpy(), verbose=False)
+        labels = pd.Series(np.nan, index=index)
+        labels.loc[annotated] = majority.astype(float)
+        quality = pd.Series(np.nan, index=index)
+        nobody = dict.fromkeys(wide.columns)
+
+        if wide.shape[1] < 2 or not (n_ratings >= 2).any():
+            reason = "cleanlab's consensus quality needs two annotators who labelled a common sample"
+            return cls(labels, quality, nobody, "majority vote", None, reason)
+        probs, source, reason = consensus_pred_probs(context, labels, annotated, folds)
+        if probs is None:
+            return cls(labels, quality, nobody, "majority vote", None, reason)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = _seeded(context.seed, get_label_quality_multiannotator, labels_multi, probs[annotated],
+                             verbose=False, return_detailed_quality=False)
+        table = result["label_quality"]
+        labels.loc[annotated] = table["consensus_label"].to_numpy().astype(float)
+        quality.loc[annotated] = table["consensus_quality_score"].to_numpy().astype(float)
+        stats = result["annotator_stats"]["annotator_quality"]
+        annotator_quality = {name: _defined(stats[name]) for name in wide.columns}
+        return cls(labels, quality, annotator_quality, "cleanlab crowdlab (best_quality)", source, None)
+
+
+def _seeded(seed: int, function, *args, **kwargs):
+    """Run a cleanlab function whose ties are broken with numpy's global RNG, reproducibly and without side
+    effects on the caller's random state."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        np.random.set_state(state)
+
+
+def consensus_pred_probs(context: CheckContext, majority: pd.Series, annotated: np.ndarray,
+                         folds: int) -> tuple[np.ndarray | None, str | None, str | None]:
+    """Out-of-sample class probabilities for CROWDLAB: the user's, else cross-validated on the embeddings.
+
+    Returns ``(probs, source, reason)``; rows without usable probabilities (unreadable images) are uniform.
+    ``probs`` is None, with the reason, when neither input exists or a classifier cannot be trained.
+    """
+    n, k = len(context.samples), len(context.class_names)
+    uniform = np.full((n, k), 1.0 / k)
+    if context.pred_probs is not None:
+        probs = np.asarray(context.pred_probs, dtype=float)
+        if probs.shape != (n, k):
+            raise CheckInputError(f"pred_probs has shape {probs.shape}; expected (samples, classes) {(n, k)}")
+        usable = np.isfinite(probs).all(axis=1)
+        return np.where(usable[:, None], probs, uniform), "user-supplied pred_probs", None
+    if context.embeddings is None:
+        return None, None, "no embeddings or pred_probs to weigh annotators by; consensus is majority vote"
+    embeddings = np.asarray(context.embeddings, dtype=float)
+    samples = context.samples
+    readable = samples["readable"].to_numpy(bool) if "readable" in samples else np.ones(n, bool)
+    train = readable & annotated & np.isfinite(embeddings).all(axis=1)
+    targets = majority.to_numpy()[train].astype(int)
+    present, members = np.unique(targets, return_counts=True)
+    if len(present) < 2 or members.max() < 2:
+        return None, None, "too few annotated readable samples to cross-validate a classifier on embeddings"
+    probs = uniform.copy()
+    probs[train] = cross_validated_probs_from_embeddings(embeddings[train], targets, k, folds, context.seed)
+    source = f"{min(folds, int(members.max()))}-fold cross-validated logistic regression on embeddings"
+    return probs, source, None
+
+
+def cross_validated_probs_from_embeddings(embeddings: np.ndarray, targets: np.ndarray, n_classes: int,
+                                          folds: int, seed: int) -> np.ndarray:
+    """``(n, n_classes)`` out-of-fold probabilities of a standardised logistic regression.
+
+    A class absent from a training fold gets probability 0 in that fold (sklearn's ``cross_val_predict``).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    present = np.unique(targets)
+    splits = min(folds, int(np.bincount(targets).max()))
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        probs = cross_val_predict(model, embeddings, targets, method="predict_proba",
+                                  cv=StratifiedKFold(splits, shuffle=True, random_state=seed))
+    full = np.zeros((len(targets), n_classes))
+    full[:, present] = probs
+    return full

@@ -1,0 +1,145 @@
+"""The contract every audit check follows, and the one registry they join.
+
+A check is a small object with a ``name``, the inputs it ``requires`` and a ``run(context)`` that returns a
+:class:`CheckResult`. Checks never see the orchestrator and never write files: the runner validates and joins
+their outputs into the run's per-sample table and summary. Adding a check is one new module under
+``audit/checks/`` that calls :func:`register`, plus its import in ``audit/checks/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from audit.results import RunResults
+
+Requirement = Literal["embeddings", "pred_probs", "annotations", "baseline"]
+
+
+class CheckError(RuntimeError):
+    """A check could not run on this input; the run fails with this message (never print-and-continue)."""
+
+
+class CheckInputError(ValueError):
+    """The user's input cannot be audited by a check (mismatched lengths, probabilities that do not sum to 1...)."""
+
+
+@dataclass
+class CheckContext:
+    """Everything a check may read. Rows of every array follow ``samples.index`` (the sample ids).
+
+    Parameters
+    ----------
+    samples
+        Canonical sample table indexed by ``sample_id`` with at least ``filepath``, ``label`` (str),
+        ``split`` (str) and ``readable`` (bool). Unreadable samples have NaN embeddings.
+    class_names
+        Sorted class names; integer class ``i`` means ``class_names[i]``.
+    embeddings
+        ``(n, d)`` float32, L2-normalised, or ``None`` when the run has none.
+    pred_probs
+        ``(n, k)`` user-supplied predicted probabilities aligned with ``class_names``, or ``None``.
+    annotations
+        Long table ``sample_id, annotator, label`` when several annotators labelled the images, else ``None``.
+    params
+        This check's parameters from the config (``[checks.<name>]``), already merged with defaults by the check.
+    baseline
+        The previous run's results, for "since last week" comparisons.
+    prior
+        Results of the checks that ran before this one (e.g. ``agreement`` gives ``mistakes`` its consensus).
+    seed
+        Seed for anything random, so a run is reproducible.
+    """
+
+    samples: pd.DataFrame
+    class_names: list[str]
+    embeddings: np.ndarray | None = None
+    pred_probs: np.ndarray | None = None
+    annotations: pd.DataFrame | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    baseline: RunResults | None = None
+    prior: dict[str, CheckResult] = field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def sample_ids(self) -> pd.Index:
+        return self.samples.index
+
+    def labels_as_int(self, labels: pd.Series | None = None) -> np.ndarray:
+        """Labels as integer codes into ``class_names`` (-1 where missing)."""
+        labels = self.samples["label"] if labels is None else labels
+        lookup = {name: i for i, name in enumerate(self.class_names)}
+        return labels.map(lookup).fillna(-1).astype(int).to_numpy()
+
+
+@dataclass
+class CheckResult:
+    """What one check produces.
+
+    ``samples`` is indexed by sample id (the full run index) and its columns are prefixed with the check's
+    name (``mistakes_is_issue``...). ``metrics`` is JSON-safe and lands in ``summary.json`` under
+    ``checks.<name>``. ``arrays`` carries large outputs the run folder keeps as files (the mistakes check
+    returns ``{"pred_probs": (n, k) array}`` so reports and the gate never recompute them).
+    """
+
+    name: str
+    samples: pd.DataFrame
+    metrics: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Check(Protocol):
+    """A registered audit check."""
+
+    name: ClassVar[str]
+    requires: ClassVar[tuple[Requirement, ...]]
+    description: ClassVar[str]
+
+    def run(self, context: CheckContext) -> CheckResult: ...
+
+
+REGISTRY: dict[str, type[Check]] = {}
+
+
+def register(check_class: type[Check]) -> type[Check]:
+    """Class decorator: make a check available to the runner under its ``name`` (run in registration order)."""
+    if check_class.name in REGISTRY:
+        raise ValueError(f"a check named {check_class.name!r} is already registered")
+    REGISTRY[check_class.name] = check_class
+    return check_class
+
+
+def json_safe(value: Any) -> Any:
+    """Convert numpy/pandas scalars and containers to plain JSON values; NaN and infinities become None."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [json_safe(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return value
+
+
+def validate_result(result: CheckResult, sample_ids: pd.Index) -> None:
+    """Fail loudly when a check breaks the contract (wrong index, unprefixed columns, metrics not JSON-safe)."""
+    if not result.samples.index.equals(sample_ids):
+        raise CheckError(f"check {result.name!r} returned a per-sample table whose index is not the run's sample ids")
+    bad = [c for c in result.samples.columns if not str(c).startswith(f"{result.name}_")]
+    if bad:
+        raise CheckError(f"check {result.name!r} returned columns without the '{result.name}_' prefix: {bad}")
+    try:
+        json.dumps(result.metrics, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CheckError(f"check {result.name!r} returned metrics that are not JSON-safe: {exc}") from exc

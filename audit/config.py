@@ -1,0 +1,164 @@
+"""One config model for a run, read from a file (TOML, YAML, or ``[tool.label-audit]`` in pyproject.toml) and
+overridden by command-line flags, so a weekly run is repeatable from a committed file.
+
+Example ``label-audit.yaml``::
+
+    source: {kind: folder, path: data/train}
+    embedder: {kind: clip, model: ViT-B-32, pretrained: laion2b_s34b_b79k}
+    checks:
+      mistakes: {folds: 5}
+    gate:
+      max_issue_rate: 0.05
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """The config file or flags are invalid; the message says which key and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Strict):
+    """Where the labelled images come from."""
+
+    kind: Literal["folder", "manifest", "fiftyone"] = Field(
+        description="folder: one sub-folder per class; manifest: CSV/Parquet with filepath,label[,split]; "
+        "fiftyone: an existing FiftyOne dataset"
+    )
+    path: Path | None = Field(None, description="image folder root, or the manifest file")
+    annotations: Path | None = Field(
+        None, description="optional long-format CSV/Parquet with columns sample,annotator,label"
+    )
+    dataset: str | None = Field(None, description="FiftyOne dataset name (kind=fiftyone)")
+    label_field: str = Field("ground_truth", description="FiftyOne Classification field holding the label")
+    annotator_fields: list[str] = Field(
+        default_factory=list, description="FiftyOne Classification fields, one per annotator"
+    )
+    split_field: str | None = Field(None, description="FiftyOne field holding the split (default: tags)")
+
+    @model_validator(mode="after")
+    def _needs(self) -> SourceConfig:
+        if self.kind in ("folder", "manifest") and self.path is None:
+            raise ValueError(f"source kind {self.kind!r} needs a path")
+        if self.kind == "fiftyone" and not self.dataset:
+            raise ValueError("source kind 'fiftyone' needs a dataset name")
+        return self
+
+
+class EmbedderConfig(_Strict):
+    """How images become vectors."""
+
+    kind: Literal["clip", "pixels", "precomputed", "auto", "none"] = Field(
+        "clip",
+        description="clip: open_clip; pixels: downsampled grey pixels (honest offline baseline); "
+        "precomputed: your own vectors (.npy or FiftyOne field); auto: clip when its weights are available "
+        "offline, else pixels (said loudly in the results); none: no embeddings (bring pred_probs; no map)",
+    )
+    model: str = Field("ViT-B-32", description="open_clip model name")
+    pretrained: str | None = Field(
+        "laion2b_s34b_b79k", description="open_clip pretrained tag, or a local checkpoint file path"
+    )
+    device: str = Field("auto", description="auto (cuda when available), cpu or cuda[:N]")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: fp16 on GPU, bf16 weights on CPUs with native bf16 (AMX/AVX512-BF16), else fp32"
+    )
+    batch_size: int = Field(64, ge=1)
+    workers: int | None = Field(None, ge=0, description="image decoding workers (default: CPU count)")
+    cache_dir: Path | None = Field(None, description="embedding cache (default ~/.cache/label-audit/embeddings)")
+    use_cache: bool = True
+    path: Path | None = Field(None, description="precomputed embeddings .npy, rows in sample order")
+    field: str | None = Field(None, description="precomputed embeddings from this FiftyOne field")
+    pixel_size: int = Field(16, ge=4, le=128, description="side of the pixels embedder's square grid")
+
+
+class ProjectionConfig(_Strict):
+    n_neighbors: int = Field(15, ge=2)
+    min_dist: float = Field(0.1, ge=0.0)
+    seed: int = 0
+    enabled: bool = True
+
+
+class PredProbsConfig(_Strict):
+    """Bring your own out-of-sample predicted probabilities instead of the cross-validated classifier."""
+
+    path: Path | None = Field(None, description=".npy (n, k), rows in sample order, columns in sorted class order")
+    field: str | None = Field(None, description="FiftyOne Classification field whose logits/probs to use")
+
+
+class AuditConfig(_Strict):
+    """A whole run."""
+
+    source: SourceConfig
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
+    pred_probs: PredProbsConfig = Field(default_factory=PredProbsConfig)
+    checks: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-check parameters, e.g. {mistakes: {folds: 5}}"
+    )
+    disabled_checks: list[str] = Field(default_factory=list)
+    gate: dict[str, Any] = Field(default_factory=dict, description="release thresholds (see `label-audit gate`)")
+    output_dir: Path = Path("reports")
+    run_name: str | None = None
+    baseline: Path | None = Field(None, description="previous run folder to compare with")
+    report: bool = True
+    seed: int = 0
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML/YAML file into a plain dict; pyproject.toml contributes its ``[tool.label-audit]`` table."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".toml":
+            data = tomllib.loads(text)
+            if path.name == "pyproject.toml":
+                data = data.get("tool", {}).get("label-audit", {})
+        else:
+            raise ConfigError(f"config file {path} must be .toml, .yaml or .yml")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into ``base`` recursively; None values in ``override`` leave ``base`` alone."""
+    out = dict(base)
+    for key, value in override.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> AuditConfig:
+    """The run's config: file first, then overrides (e.g. CLI flags); errors name the offending key."""
+    data = read_config_file(file) if file else {}
+    data = deep_merge(data, overrides or {})
+    if "source" not in data:
+        raise ConfigError("no source given: pass --folder, --manifest or --fiftyone-dataset, or a config file")
+    try:
+        return AuditConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise ConfigError(f"invalid config at {where}: {first['msg']}") from exc

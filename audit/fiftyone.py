@@ -1,0 +1,598 @@
+"""Everything that touches FiftyOne (the only module that imports it, lazily, so other commands start fast).
+
+Reading: a FiftyOne dataset as a label-audit source (:func:`load_fiftyone_source`) and embeddings or
+predictions stored in its fields.
+
+Writing: a run folder's results into a dataset for review (:func:`export_run`): ``label_audit_*`` fields,
+the tags ``suspected_mislabel``, ``low_agreement`` and ``unreadable``, saved views named ``la-*``, the run's
+UMAP as a brain visualization and its embeddings as a similarity index; and the App on the suspects view
+(:func:`launch_app`). The MongoDB is FiftyOne's own choice: the one it starts itself, or the server named by
+``FIFTYONE_DATABASE_URI`` / ``database_uri`` in FiftyOne's config (FiftyOne connects once per process, so
+it is set there, before the first call, rather than per call).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from audit.sources import DEFAULT_SPLIT, SPLIT_NAMES, SampleTable, SourceError
+
+
+def _fo():
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    import fiftyone as fo
+
+    return fo
+
+
+def _load_dataset(name: str):
+    fo = _fo()
+    if name not in fo.list_datasets():
+        known = ", ".join(fo.list_datasets()[:10]) or "none"
+        raise SourceError(f"no FiftyOne dataset named {name!r} (datasets: {known})")
+    return fo.load_dataset(name)
+
+
+def _classification_field(dataset, field: str, role: str) -> None:
+    fo = _fo()
+    schema = dataset.get_field_schema()
+    if field not in schema:
+        raise SourceError(
+            f"FiftyOne dataset {dataset.name!r} has no {role} field {field!r} (fields: {', '.join(schema)})"
+        )
+    kind = schema[field]
+    if not (isinstance(kind, fo.EmbeddedDocumentField) and issubclass(kind.document_type, fo.Classification)):
+        raise SourceError(f"{role} field {field!r} of dataset {dataset.name!r} is not a Classification field")
+
+
+def load_fiftyone_source(
+    name: str, label_field: str, annotator_fields: list[str] | None = None, split_field: str | None = None
+) -> SampleTable:
+    """A FiftyOne dataset as a sample table; the sample id is FiftyOne's sample id, the split comes from
+    ``split_field`` or from a train/val/test tag."""
+    dataset = _load_dataset(name)
+    if len(dataset) == 0:
+        raise SourceError(f"FiftyOne dataset {name!r} is empty")
+    _classification_field(dataset, label_field, "label")
+    for field in annotator_fields or []:
+        _classification_field(dataset, field, "annotator")
+    ids, paths, labels, tags = dataset.values(["id", "filepath", f"{label_field}.label", "tags"])
+    if split_field:
+        if split_field not in dataset.get_field_schema():
+            raise SourceError(f"FiftyOne dataset {name!r} has no split field {split_field!r}")
+        splits = [str(s) if s is not None else DEFAULT_SPLIT for s in dataset.values(split_field)]
+    else:
+        splits = [next((t for t in (tg or []) if t.lower() in SPLIT_NAMES), DEFAULT_SPLIT) for tg in tags]
+    samples = pd.DataFrame(
+        {"filepath": paths, "label": [None if v is None else str(v) for v in labels], "split": splits},
+        index=pd.Index([str(i) for i in ids], name="sample_id"),
+    )
+    annotations = None
+    if annotator_fields:
+        rows = []
+        for field in annotator_fields:
+            for sample_id, value in zip(ids, dataset.values(f"{field}.label"), strict=True):
+                if value is not None:
+                    rows.append((str(sample_id), field, str(value)))
+        annotations = pd.DataFrame(rows, columns=["sample_id", "annotator", "label"])
+    description: dict[str, Any] = {"kind": "fiftyone", "name": name, "label_field": label_field}
+    return SampleTable(samples, annotations=annotations, description=description)
+
+
+def load_field_array(name: str, field: str, sample_ids: pd.Index) -> np.ndarray:
+    """A vector field (embeddings) or a Classification's ``logits`` as an array in ``sample_ids`` order."""
+    dataset = _load_dataset(name)
+    if field not in dataset.get_field_schema():
+        raise SourceError(f"FiftyOne dataset {name!r} has no field {field!r}")
+    ids, values = dataset.values(["id", field])
+    by_id = dict(zip(map(str, ids), values, strict=True))
+    rows = []
+    for sample_id in sample_ids:
+        value = by_id.get(str(sample_id))
+        if value is not None and hasattr(value, "logits"):
+            value = value.logits
+        if value is None:
+            raise SourceError(f"field {field!r} is empty for sample {sample_id}")
+        rows.append(np.asarray(value, dtype=np.float32))
+    return np.stack(rows)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writing: a run's results into a FiftyOne dataset, for review in the App. Everything here reads the run
+# folder and never recomputes; all fields, tags, views and brain keys it owns are namespaced, so a second
+# export replaces exactly what the first wrote and leaves the user's own fields and tags alone.
+# ----------------------------------------------------------------------------------------------------
+
+FIELD_RUN = "label_audit_run"
+FIELD_LABEL = "label_audit_label"
+FIELD_SPLIT = "label_audit_split"
+FIELD_QUALITY = "label_audit_quality"
+FIELD_ISSUE = "label_audit_issue"
+FIELD_SUGGESTED = "label_audit_suggested"
+FIELD_CONSENSUS = "label_audit_consensus"
+FIELD_AGREEMENT = "label_audit_agreement"
+FIELD_LOW_AGREEMENT = "label_audit_low_agreement"
+FIELD_PROBLEMS = "label_audit_problems"
+FIELD_UMAP = "label_audit_umap"
+
+TAG_MISLABEL = "suspected_mislabel"
+TAG_LOW_AGREEMENT = "low_agreement"
+TAG_UNREADABLE = "unreadable"
+OUR_TAGS = (TAG_MISLABEL, TAG_LOW_AGREEMENT, TAG_UNREADABLE)
+
+VIEW_PREFIX = "la-"
+VIEW_SUSPECTS = "la-suspected-mislabels"
+VIEW_LOW_AGREEMENT = "la-low-agreement"
+VIEW_UNREADABLE = "la-unreadable"
+VISUALIZATION_KEY = "label_audit_umap"
+SIMILARITY_KEY = "label_audit_similarity"
+WORKSPACE = "label-audit"
+DEFAULT_LABEL_FIELD = "ground_truth"
+DEFAULT_LOW_AGREEMENT = 0.5
+INFO_KEY = "label_audit"
+
+
+class FiftyOneExportError(ValueError):
+    """The run cannot be written into the chosen FiftyOne dataset; the message says why and what to do."""
+
+
+def _field_specs(fo) -> dict[str, tuple[Any, dict[str, Any], str]]:
+    """Our sample fields: type, type arguments, and the description shown in the App's sidebar."""
+    classification = {"embedded_doc_type": fo.Classification}
+    return {
+        FIELD_RUN: (fo.StringField, {}, "label-audit run the label_audit_* fields come from"),
+        FIELD_LABEL: (fo.StringField, {}, "label audited: annotators' consensus when there are annotators, "
+                      "else the dataset's label"),
+        FIELD_SPLIT: (fo.StringField, {}, "split of the sample in the run (all when none)"),
+        FIELD_QUALITY: (fo.FloatField, {}, "label quality 0..1 (cleanlab); low means likely mislabelled"),
+        FIELD_ISSUE: (fo.BooleanField, {}, "flagged as a likely label error"),
+        FIELD_SUGGESTED: (fo.EmbeddedDocumentField, classification,
+                          "most likely label by the out-of-sample model, with its probability"),
+        FIELD_CONSENSUS: (fo.EmbeddedDocumentField, classification,
+                          "annotators' consensus label, with its cleanlab consensus quality"),
+        FIELD_AGREEMENT: (fo.FloatField, {}, "share of this sample's annotators agreeing with the consensus"),
+        FIELD_LOW_AGREEMENT: (fo.BooleanField, {}, "annotators agree too little on this sample"),
+        FIELD_PROBLEMS: (fo.ListField, {"subfield": fo.StringField},
+                         "problems found reading the sample (missing_file, corrupt_image, ...)"),
+    }
+
+
+def _ensure_fields(dataset, fo) -> None:
+    """Declare our fields once; refuse (rather than overwrite) a same-named field of another type."""
+    schema = dataset.get_field_schema()
+    for name, (ftype, kwargs, description) in _field_specs(fo).items():
+        existing = schema.get(name)
+        if existing is None:
+            dataset.add_sample_field(name, ftype, description=description, **kwargs)
+            continue
+        same_type = isinstance(existing, ftype)
+        if same_type and "embedded_doc_type" in kwargs:
+            same_type = issubclass(existing.document_type, kwargs["embedded_doc_type"])
+        if not same_type:
+            raise FiftyOneExportError(
+                f"FiftyOne dataset {dataset.name!r} already has a field {name!r} of type "
+                f"{type(existing).__name__}; delete it or export into another dataset with --dataset"
+            )
+
+
+def _clean(value: Any) -> Any:
+    """NaN/None -> None, numpy scalars -> Python, so MongoDB stores plain values."""
+    if value is None:
+        return None
+    if isinstance(value, float | np.floating) and not np.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return value
+
+
+def _column(samples: pd.DataFrame, name: str) -> list[Any]:
+    if name not in samples.columns:
+        return [None] * len(samples)
+    return [_clean(v) for v in samples[name].tolist()]
+
+
+def low_agreement_mask(run) -> np.ndarray:
+    """Samples whose annotators agree too little: at least two annotations and an agreement rate at or below
+    the agreement check's ``low_agreement_threshold`` (so a 1-1 split between two annotators counts)."""
+    samples = run.samples
+    if "agreement_rate" not in samples.columns:
+        return np.zeros(len(samples), dtype=bool)
+    metrics = run.check_metrics("agreement") or {}
+    threshold = float(metrics.get("low_agreement_threshold", DEFAULT_LOW_AGREEMENT))
+    rate = pd.to_numeric(samples["agreement_rate"], errors="coerce").to_numpy(dtype=float)
+    counts = samples.get("agreement_n_annotations", pd.Series(2, index=samples.index))
+    counts = pd.to_numeric(counts, errors="coerce").fillna(0).to_numpy()
+    return (counts >= 2) & np.isfinite(rate) & (rate <= threshold)
+
+
+def _unreadable_mask(samples: pd.DataFrame) -> np.ndarray:
+    from audit.sources import UNREADABLE
+
+    readable = samples["readable"].astype(bool).to_numpy() if "readable" in samples else None
+    problems = samples["problems"].fillna("").astype(str) if "problems" in samples else None
+    by_code = (np.array([bool(set(p.split(";")) & UNREADABLE) for p in problems], dtype=bool)
+               if problems is not None else np.zeros(len(samples), dtype=bool))
+    return by_code | (~readable if readable is not None else False)
+
+
+def _issue_mask(samples: pd.DataFrame) -> np.ndarray:
+    if "mistakes_is_issue" not in samples.columns:
+        return np.zeros(len(samples), dtype=bool)
+    return samples["mistakes_is_issue"].fillna(False).astype(bool).to_numpy()
+
+
+def _per_sample_values(run) -> dict[str, list[Any]]:
+    """Our field values in run sample order, straight from samples.parquet; Classification fields as
+    ``(label, confidence)`` pairs (see :func:`_set_classifications`)."""
+    samples = run.samples
+    audited = _column(samples, "mistakes_audited_label")
+    labels = _column(samples, "label")
+    suggested = [
+        (str(lab), None if conf is None else float(conf)) if lab is not None else None
+        for lab, conf in zip(_column(samples, "mistakes_suggested_label"),
+                             _column(samples, "mistakes_suggested_prob"), strict=True)
+    ]
+    consensus = [
+        (str(lab), None if conf is None else float(conf)) if lab is not None else None
+        for lab, conf in zip(_column(samples, "agreement_consensus_label"),
+                             _column(samples, "agreement_consensus_quality"), strict=True)
+    ]
+    has_agreement = "agreement_rate" in samples.columns
+    problems = samples["problems"].fillna("").astype(str) if "problems" in samples else [""] * len(samples)
+    issue = _issue_mask(samples)
+    return {
+        FIELD_RUN: [run.name] * len(samples),
+        FIELD_LABEL: [a if a is not None else lab for a, lab in zip(audited, labels, strict=True)],
+        FIELD_SPLIT: _column(samples, "split"),
+        FIELD_QUALITY: [None if q is None else float(q) for q in _column(samples, "mistakes_label_quality")],
+        FIELD_ISSUE: issue.tolist() if "mistakes_is_issue" in samples else [None] * len(samples),
+        FIELD_SUGGESTED: suggested,
+        FIELD_CONSENSUS: consensus,
+        FIELD_AGREEMENT: [None if r is None else float(r) for r in _column(samples, "agreement_rate")],
+        FIELD_LOW_AGREEMENT: low_agreement_mask(run).tolist() if has_agreement else [None] * len(samples),
+        FIELD_PROBLEMS: [[c for c in p.split(";") if c] for p in problems],
+    }
+
+
+def default_dataset_name(run) -> str:
+    """The dataset a run goes into: its own for a FiftyOne source, else ``label-audit-<source folder>``."""
+    source = run.summary.get("dataset", {}) or {}
+    if source.get("kind") == "fiftyone":
+        return str(source["name"])
+    path = source.get("path")
+    if not path:
+        return f"label-audit-{run.name}"
+    path = Path(path)
+    folder = path.parent if path.suffix else path
+    return f"label-audit-{folder.name}"
+
+
+def _norm_path(path: str) -> str:
+    return os.path.normpath(os.path.abspath(os.path.expanduser(str(path))))
+
+
+def _open_target(run, dataset_name: str | None, fo):
+    """The dataset to write into and the run's label field there; folder/manifest datasets are created."""
+    source = run.summary.get("dataset", {}) or {}
+    name = dataset_name or default_dataset_name(run)
+    if source.get("kind") == "fiftyone":
+        if name not in fo.list_datasets():
+            raise FiftyOneExportError(
+                f"FiftyOne dataset {name!r} that run {run.name!r} was made from no longer exists; "
+                "give an existing dataset with --dataset"
+            )
+        return fo.load_dataset(name), str(source.get("label_field") or DEFAULT_LABEL_FIELD)
+    if name in fo.list_datasets():
+        dataset = fo.load_dataset(name)
+    else:
+        dataset = fo.Dataset(name, persistent=True)
+        dataset.info[INFO_KEY] = {"created_by": "label-audit", "source": {k: source.get(k) for k in
+                                                                          ("kind", "name", "path")}}
+        dataset.save()
+    label_field = DEFAULT_LABEL_FIELD
+    kind = dataset.get_field_schema().get(label_field)
+    if kind is not None and not (isinstance(kind, fo.EmbeddedDocumentField)
+                                 and issubclass(kind.document_type, fo.Classification)):
+        raise FiftyOneExportError(
+            f"FiftyOne dataset {name!r} has a {label_field!r} field that is not a Classification; "
+            "export into another dataset with --dataset"
+        )
+    return dataset, label_field
+
+
+def _owned(dataset) -> bool:
+    return (dataset.info or {}).get(INFO_KEY, {}).get("created_by") == "label-audit"
+
+
+def _match_samples(run, dataset, label_field: str, fo) -> list[str | None]:
+    """FiftyOne sample id per run sample: by id for a FiftyOne source, else (or failing that) by filepath.
+
+    Samples of a folder or manifest source that the dataset lacks are added, with their label as a
+    Classification in ``label_field``; in a dataset label-audit created, that label follows the source.
+    """
+    samples = run.samples
+    fo_ids, fo_paths = dataset.values(["id", "filepath"])
+    by_path = {_norm_path(p): str(i) for i, p in zip(fo_ids, fo_paths, strict=True)}
+    known_ids = {str(i) for i in fo_ids}
+    from_fiftyone = (run.summary.get("dataset", {}) or {}).get("kind") == "fiftyone"
+    matched: list[str | None] = []
+    for sample_id, filepath in zip(samples.index.astype(str), samples["filepath"].astype(str), strict=True):
+        if from_fiftyone and sample_id in known_ids:
+            matched.append(sample_id)
+        else:
+            matched.append(by_path.get(_norm_path(filepath)))
+    if from_fiftyone:
+        return matched
+    labels = _column(samples, "label")
+    missing = [i for i, m in enumerate(matched) if m is None]
+    if missing:
+        new = [fo.Sample(filepath=_norm_path(samples["filepath"].iloc[i]),
+                         **{label_field: fo.Classification(label=str(labels[i])) if labels[i] is not None
+                            else None})
+               for i in missing]
+        for i, new_id in zip(missing, dataset.add_samples(new, progress=False), strict=True):
+            matched[i] = str(new_id)
+    if _owned(dataset):
+        _set_classifications(dataset, label_field, {
+            m: None if lab is None else (str(lab), None) for m, lab in zip(matched, labels, strict=True)
+            if m is not None
+        }, fo)
+    return matched
+
+
+def _set_classifications(dataset, field: str, wanted: dict[str, tuple[str, float | None] | None], fo) -> None:
+    """Set a Classification field per sample id from ``(label, confidence)`` (None clears it).
+
+    A Classification already there is edited in place, so its id, and any label tags a reviewer put on it,
+    survive a re-export; only samples without one get a new Classification.
+    """
+    if not wanted:
+        return
+    current: dict[str, Any] = {}
+    if field in dataset.get_field_schema():
+        ids, label_ids = dataset.select(list(wanted)).values(["id", f"{field}.id"])
+        current = dict(zip(map(str, ids), label_ids, strict=True))
+    in_place = {i: v for i, v in wanted.items() if v is not None and current.get(i) is not None}
+    replaced = {i: None if v is None else fo.Classification(label=v[0], confidence=v[1])
+                for i, v in wanted.items() if i not in in_place}
+    if in_place:
+        dataset.set_values(f"{field}.label", {i: v[0] for i, v in in_place.items()}, key_field="id",
+                           progress=False)
+        dataset.set_values(f"{field}.confidence", {i: v[1] for i, v in in_place.items()}, key_field="id",
+                           progress=False)
+    if replaced:
+        dataset.set_values(field, replaced, key_field="id", progress=False)
+
+
+def _write_fields(run, dataset, matched: list[str | None], fo) -> list[str]:
+    """Set our fields on the run's samples and clear them on samples the run does not cover."""
+    _ensure_fields(dataset, fo)
+    values = _per_sample_values(run)
+    keep = [i for i, m in enumerate(matched) if m is not None]
+    ids = [matched[i] for i in keep]
+    for field, column in values.items():
+        by_id = {ids[j]: column[i] for j, i in enumerate(keep)}
+        if field in (FIELD_SUGGESTED, FIELD_CONSENSUS):
+            _set_classifications(dataset, field, by_id, fo)
+        else:
+            dataset.set_values(field, by_id, key_field="id", progress=False)
+    others = dataset.exclude(ids)
+    if len(others):
+        for field in values:
+            others.clear_sample_field(field)
+    return ids
+
+
+def _write_tags(run, dataset, matched: list[str | None]) -> dict[str, int]:
+    """Our tags on exactly the flagged samples: added where flagged, removed where no longer flagged."""
+    samples = run.samples
+    flags = {
+        TAG_MISLABEL: _issue_mask(samples),
+        TAG_LOW_AGREEMENT: low_agreement_mask(run),
+        TAG_UNREADABLE: _unreadable_mask(samples),
+    }
+    counts = {}
+    for tag, mask in flags.items():
+        flagged = [m for m, f in zip(matched, mask, strict=True) if f and m is not None]
+        if flagged:
+            dataset.select(flagged).tag_samples(tag)
+        dataset.match_tags(tag).exclude(flagged).untag_samples(tag)
+        counts[tag] = len(flagged)
+    return counts
+
+
+def confused_pairs(run, limit: int = 10) -> list[tuple[str, str]]:
+    """Class pairs to review side by side: the mistakes check's overlapping pairs that have flagged samples,
+    in its order; without that list, the pairs with the most flagged samples."""
+    samples = run.samples
+    if "mistakes_is_issue" not in samples.columns:
+        return []
+    issues = samples[_issue_mask(samples)]
+    counts: dict[frozenset[str], int] = {}
+    for given, suggested in zip(issues["mistakes_audited_label"].astype(str),
+                                issues["mistakes_suggested_label"].astype(str), strict=True):
+        if given != suggested:
+            key = frozenset((given, suggested))
+            counts[key] = counts.get(key, 0) + 1
+    metrics = run.check_metrics("mistakes") or {}
+    listed = metrics.get("overlapping_class_pairs") if isinstance(metrics, dict) else None
+    if listed:
+        pairs = [(str(p["class_a"]), str(p["class_b"])) for p in listed]
+        pairs = [p for p in pairs if counts.get(frozenset(p), 0) > 0]
+    else:
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], sorted(kv[0])))
+        pairs = [tuple(sorted(k)) for k, _ in ranked]
+    return pairs[:limit]
+
+
+def _save_views(run, dataset, fo) -> list[str]:
+    """(Re-)save our review views and drop ``la-*`` views an earlier run saved that this run no longer has."""
+    from audit.sources import UNREADABLE
+
+    F = fo.ViewField
+    worst_first = dataset.match(F(FIELD_ISSUE) == True).sort_by(FIELD_QUALITY)  # noqa: E712 (a query)
+    views = {
+        VIEW_SUSPECTS: (worst_first, "Likely label errors, lowest label quality first"),
+        VIEW_UNREADABLE: (dataset.match(F(FIELD_PROBLEMS).contains(sorted(UNREADABLE))),
+                          "Samples that could not be read (missing, empty, corrupt or truncated files)"),
+    }
+    if "agreement_rate" in run.samples.columns:
+        views[VIEW_LOW_AGREEMENT] = (
+            dataset.match(F(FIELD_LOW_AGREEMENT) == True).sort_by(FIELD_AGREEMENT),  # noqa: E712
+            "Samples the annotators disagree on, least agreement first",
+        )
+    label, suggested = F(FIELD_LABEL), F(f"{FIELD_SUGGESTED}.label")
+    for a, b in confused_pairs(run):
+        pair = ((label == a) & (suggested == b)) | ((label == b) & (suggested == a))
+        views[f"la-confused-{a}-vs-{b}"] = (
+            dataset.match((F(FIELD_ISSUE) == True) & pair).sort_by(FIELD_QUALITY),  # noqa: E712
+            f"Likely label errors between classes {a!r} and {b!r}, worst first",
+        )
+    for name in dataset.list_saved_views():
+        if name.startswith(VIEW_PREFIX) and name not in views:
+            dataset.delete_saved_view(name)
+    for name, (view, description) in views.items():
+        dataset.save_view(name, view, description=f"{description} (label-audit run {run.name})",
+                          overwrite=True)
+    return list(views)
+
+
+def _write_brain_results(run, dataset, matched: list[str | None], label_field: str, fo) -> list[str]:
+    """The run's own 2D UMAP as a brain visualization (the App's Embeddings panel shows the report's map) and
+    its embeddings as a similarity index; previous results under our keys are replaced."""
+    import fiftyone.brain as fob
+
+    samples = run.samples
+    written = []
+    for key in (VISUALIZATION_KEY, SIMILARITY_KEY):
+        if dataset.has_brain_run(key):
+            dataset.delete_brain_run(key)
+    if {"umap_x", "umap_y"} <= set(samples.columns):
+        xy = samples[["umap_x", "umap_y"]].to_numpy(dtype=np.float64)
+        points = {m: xy[i] for i, m in enumerate(matched) if m is not None and np.isfinite(xy[i]).all()}
+        if points:
+            fob.compute_visualization(dataset, points=points, brain_key=VISUALIZATION_KEY,
+                                      create_index=True, points_field=FIELD_UMAP, progress=False)
+            written.append(VISUALIZATION_KEY)
+    embeddings = run.sample_embeddings()
+    if embeddings is not None and hasattr(fob, "compute_similarity"):
+        vectors = {m: embeddings[i] for i, m in enumerate(matched)
+                   if m is not None and np.isfinite(embeddings[i]).all()}
+        if vectors:
+            fob.compute_similarity(dataset, embeddings=vectors, brain_key=SIMILARITY_KEY, backend="sklearn",
+                                   progress=False)
+            written.append(SIMILARITY_KEY)
+    panel = fo.Panel(type="Embeddings", state={"brainResult": VISUALIZATION_KEY,
+                                               "colorByField": f"{label_field}.label"})
+    space = fo.Space(children=[fo.Panel(type="Samples", pinned=True), panel], orientation="horizontal")
+    dataset.save_workspace(WORKSPACE, space, description="Samples grid beside the run's embeddings map",
+                           overwrite=True)
+    return written
+
+
+def export_run(run_dir: Path, dataset_name: str | None = None) -> str:
+    """Write a run's per-sample results, tags, review views and embeddings map into a FiftyOne dataset.
+
+    A run made from a FiftyOne dataset is written into that dataset (samples matched by id); a folder or
+    manifest run goes into a persistent ``label-audit-<source folder>`` dataset, created on first export
+    (samples matched by file path, new ones added). Exporting again replaces what label-audit wrote before,
+    and nothing else.
+
+    Returns
+    -------
+    str
+        The dataset's name.
+    """
+    from audit.results import RunResults
+
+    run = RunResults.load(run_dir)
+    fo = _fo()
+    dataset, label_field = _open_target(run, dataset_name, fo)
+    matched = _match_samples(run, dataset, label_field, fo)
+    if not any(m is not None for m in matched):
+        raise FiftyOneExportError(
+            f"none of run {run.name!r}'s samples are in FiftyOne dataset {dataset.name!r} (matched by id and "
+            "file path); give the dataset the run was made from with --dataset"
+        )
+    _write_fields(run, dataset, matched, fo)
+    tag_counts = _write_tags(run, dataset, matched)
+    views = _save_views(run, dataset, fo)
+    brain_keys = _write_brain_results(run, dataset, matched, label_field, fo)
+    info = dict(dataset.info or {})
+    record = dict(info.get(INFO_KEY, {}))
+    record.update({
+        "run": run.name, "run_dir": str(Path(run_dir).resolve()),
+        "run_created_at": run.summary.get("created_at"),
+        "label_field": label_field, "views": views, "brain_keys": brain_keys, "tags": tag_counts,
+        "samples_matched": sum(m is not None for m in matched), "samples_missing": matched.count(None),
+    })
+    info[INFO_KEY] = record
+    dataset.info = info
+    dataset.save()
+    return dataset.name
+
+
+def _is_current(dataset, run, run_dir: Path) -> bool:
+    record = (dataset.info or {}).get(INFO_KEY, {})
+    return (record.get("run") == run.name and record.get("run_created_at") == run.summary.get("created_at")
+            and record.get("run_dir") == str(Path(run_dir).resolve()))
+
+
+def open_session(run_dir: Path, dataset_name: str | None = None, address: str = "localhost", port: int = 5151,
+                 remote: bool = False):
+    """Serve the App on the run's suspected-mislabels view (exporting the run first unless it already is).
+
+    Returns
+    -------
+    tuple
+        The FiftyOne session and the URL of the dataset's suspects view.
+    """
+    from urllib.parse import quote
+
+    from audit.results import RunResults
+
+    run = RunResults.load(run_dir)
+    fo = _fo()
+    from fiftyone.core.utils import to_slug
+
+    name = dataset_name or default_dataset_name(run)
+    if name not in fo.list_datasets() or not _is_current(fo.load_dataset(name), run, run_dir):
+        name = export_run(run_dir, dataset_name)
+    dataset = fo.load_dataset(name)
+    view = dataset.load_saved_view(VIEW_SUSPECTS)
+    spaces = dataset.load_workspace(WORKSPACE) if dataset.has_workspace(WORKSPACE) else None
+    session = fo.launch_app(dataset, view=view, spaces=spaces, address=address, port=port, remote=remote,
+                            auto=False)
+    url = f"{session.url.split('?')[0].rstrip('/')}/datasets/{quote(name)}?view={to_slug(VIEW_SUSPECTS)}"
+    return session, url
+
+
+def launch_app(run_dir: Path, dataset_name: str | None, address: str = "localhost", port: int = 5151,
+               remote: bool = False, wait: bool = True) -> str:
+    """Open the FiftyOne App on the run's suspects view and print its URL; with ``wait``, serve until the
+    App's tabs close (remote: until interrupted), then stop the server.
+
+    Returns
+    -------
+    str
+        The URL of the suspects view.
+    """
+    session, url = open_session(run_dir, dataset_name, address=address, port=port, remote=remote)
+    print(f"FiftyOne App: {url}", flush=True)
+    if remote:
+        print(f"on your machine: ssh -N -L {port}:127.0.0.1:{port} <user>@<this server>, then open "
+              f"http://localhost:{port}/", flush=True)
+    if wait:
+        try:
+            session.wait(-1 if remote else 3)
+        finally:
+            session.close()
+    return url
