@@ -90,13 +90,17 @@ def run(
     workers: Annotated[int | None, typer.Option(help="Image decoding workers [default: CPU count].")] = None,
     cache_dir: Annotated[Path | None, typer.Option(
         help="Embedding cache folder [default: ~/.cache/label-audit/embeddings].")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Embed everything again; do not read or write the cache.")] = False,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Embed everything again; do not read or write the cache.")] = False,
     output_dir: Annotated[Path | None, typer.Option(help="Where run folders go [default: reports].")] = None,
-    run_name: Annotated[str | None, typer.Option(help="Run folder name [default: dataset name + date/time].")] = None,
-    baseline: Annotated[Path | None, typer.Option(help="Previous run folder, for 'since last week' comparisons.")] = None,
+    run_name: Annotated[str | None, typer.Option(
+        help="Run folder name [default: dataset name + date/time].")] = None,
+    baseline: Annotated[Path | None, typer.Option(
+        help="Previous run folder, for 'since last week' comparisons.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for UMAP and cross-validation [default: 0].")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report.")] = False,
-    gate: Annotated[bool, typer.Option("--gate", help="Gate the run against the config's thresholds; exit 1 on failure.")] = False,
+    gate: Annotated[bool, typer.Option(
+        "--gate", help="Gate the run against the config's thresholds; exit 1 on failure.")] = False,
 ) -> None:
     """Audit a labelled image dataset and write reports/<run-name>/ (per-sample Parquet, summary JSON, HTML)."""
     from audit.config import build_config

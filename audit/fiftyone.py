@@ -163,12 +163,12 @@ def _field_specs(fo) -> dict[str, tuple[Any, dict[str, Any], str]]:
 
 
 def _ensure_fields(dataset, fo) -> None:
-    """Declare our fields once; refuse (rather than overwrite) a same-named field of another type."""
+    """Declare our fields; refuse, before anything is written, a same-named field of another type."""
     schema = dataset.get_field_schema()
-    for name, (ftype, kwargs, description) in _field_specs(fo).items():
+    specs = _field_specs(fo)
+    for name, (ftype, kwargs, _) in specs.items():
         existing = schema.get(name)
         if existing is None:
-            dataset.add_sample_field(name, ftype, description=description, **kwargs)
             continue
         same_type = isinstance(existing, ftype)
         if same_type and "embedded_doc_type" in kwargs:
@@ -178,6 +178,9 @@ def _ensure_fields(dataset, fo) -> None:
                 f"FiftyOne dataset {dataset.name!r} already has a field {name!r} of type "
                 f"{type(existing).__name__}; delete it or export into another dataset with --dataset"
             )
+    for name, (ftype, kwargs, description) in specs.items():
+        if name not in schema:
+            dataset.add_sample_field(name, ftype, description=description, **kwargs)
 
 
 def _clean(value: Any) -> Any:
@@ -200,17 +203,15 @@ def _column(samples: pd.DataFrame, name: str) -> list[Any]:
 
 
 def low_agreement_mask(run) -> np.ndarray:
-    """Samples whose annotators agree too little: at least two annotations and an agreement rate at or below
-    the agreement check's ``low_agreement_threshold`` (so a 1-1 split between two annotators counts)."""
+    """Samples whose annotators agree too little, as the agreement check counts them (``n_low_agreement``):
+    an agreement rate below its ``low_agreement_threshold``."""
     samples = run.samples
     if "agreement_rate" not in samples.columns:
         return np.zeros(len(samples), dtype=bool)
     metrics = run.check_metrics("agreement") or {}
     threshold = float(metrics.get("low_agreement_threshold", DEFAULT_LOW_AGREEMENT))
     rate = pd.to_numeric(samples["agreement_rate"], errors="coerce").to_numpy(dtype=float)
-    counts = samples.get("agreement_n_annotations", pd.Series(2, index=samples.index))
-    counts = pd.to_numeric(counts, errors="coerce").fillna(0).to_numpy()
-    return (counts >= 2) & np.isfinite(rate) & (rate <= threshold)
+    return np.isfinite(rate) & (rate < threshold)
 
 
 def _unreadable_mask(samples: pd.DataFrame) -> np.ndarray:
@@ -374,7 +375,6 @@ def _set_classifications(dataset, field: str, wanted: dict[str, tuple[str, float
 
 def _write_fields(run, dataset, matched: list[str | None], fo) -> list[str]:
     """Set our fields on the run's samples and clear them on samples the run does not cover."""
-    _ensure_fields(dataset, fo)
     values = _per_sample_values(run)
     keep = [i for i, m in enumerate(matched) if m is not None]
     ids = [matched[i] for i in keep]
@@ -516,6 +516,7 @@ def export_run(run_dir: Path, dataset_name: str | None = None) -> str:
     run = RunResults.load(run_dir)
     fo = _fo()
     dataset, label_field = _open_target(run, dataset_name, fo)
+    _ensure_fields(dataset, fo)
     matched = _match_samples(run, dataset, label_field, fo)
     if not any(m is not None for m in matched):
         raise FiftyOneExportError(

@@ -5,7 +5,8 @@ recomputes a metric. ``label-audit gate RUN_DIR [--baseline PREV] [--config FILE
 ``label-audit run --gate`` exit 0 when every rule passes, 1 when one fails and 2 on bad input (a broken or
 unknown threshold, a missing run folder). The verdict is written beside the run as ``gate.json``, ``gate.xml``
 (JUnit: test suite "label-audit gate", one test case per rule) and ``gate.md`` (a Markdown table for CI job
-summaries), and recorded in ``summary.json`` under ``"gate"`` so the report's headline can show it.
+summaries) and recorded in ``summary.json`` under ``"gate"``; a report the run already has is rendered again
+so that its headline shows the verdict.
 
 Thresholds live in the ``gate`` section of the same config file ``label-audit run`` reads (YAML, TOML, or
 ``[tool.label-audit.gate]`` in pyproject.toml) and can be overridden with ``--set NAME=VALUE`` (``none``
@@ -82,6 +83,7 @@ from audit.config import ConfigError, read_config_file
 from audit.results import RunResults, atomic_write_text, update_summary
 
 GATE_JSON, GATE_JUNIT, GATE_MARKDOWN = "gate.json", "gate.xml", "gate.md"
+REPORT_FILE = "index.html"
 JUNIT_SUITE_NAME = "label-audit gate"
 
 Kind = Literal["rate", "coefficient", "count", "tolerance", "bool"]
@@ -119,9 +121,7 @@ class GateConfigError(ConfigError):
 # --------------------------------------------------------------------------------------------- thresholds
 
 
-def load_thresholds(
-    config_file: str | Path | None, overrides: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def load_thresholds(config_file: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The gate's thresholds: the config file's ``gate`` section, then ``overrides`` on top.
 
     Parameters
@@ -143,6 +143,7 @@ def load_thresholds(
         Unknown name, non-numeric or out-of-range value, or no rule configured at all.
     """
     raw: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     if config_file is not None:
         section = read_config_file(config_file).get("gate", {})
         if section is None:
@@ -152,30 +153,33 @@ def load_thresholds(
                 f"the gate section of {config_file} must be a mapping of threshold names to values, "
                 f"got {type(section).__name__}"
             )
-        raw.update({str(k): v for k, v in section.items()})
-        where = f"the gate section of {config_file}"
-    else:
-        where = "the gate thresholds"
+        for name, value in section.items():
+            raw[str(name)], origin[str(name)] = value, f"the gate section of {config_file}"
     for name, value in (overrides or {}).items():
-        if isinstance(value, str) and value.strip().lower() in _UNSET:
-            raw[str(name)] = None
-        else:
-            raw[str(name)] = value
-    return normalize_thresholds(raw, where=where)
+        unset = isinstance(value, str) and value.strip().lower() in _UNSET
+        raw[str(name)], origin[str(name)] = None if unset else value, "the overrides (--set)"
+    where = f"the gate section of {config_file}" if config_file is not None else "the overrides (--set)"
+    return normalize_thresholds(raw, where=where, origin=origin)
 
 
-def normalize_thresholds(raw: dict[str, Any], where: str = "the gate thresholds") -> dict[str, Any]:
-    """Validate names and values (parsing strings) and drop unset ones; error when no rule remains."""
+def normalize_thresholds(
+    raw: dict[str, Any], where: str = "the gate thresholds", origin: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Validate names and values (parsing strings) and drop unset ones; error when no rule remains.
+
+    ``where`` names the thresholds as a whole in messages; ``origin`` where each one came from.
+    """
+    origin = origin or {}
     unknown = [name for name in raw if name not in THRESHOLD_KINDS]
     if unknown:
         name = unknown[0]
         close = difflib.get_close_matches(name, THRESHOLD_KINDS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(THRESHOLD_KINDS)}"
-        raise GateConfigError(f"unknown gate threshold {name!r} in {where}{hint}")
+        raise GateConfigError(f"unknown gate threshold {name!r} in {origin.get(name, where)}{hint}")
     out: dict[str, Any] = {}
     for name, kind in THRESHOLD_KINDS.items():
         if name in raw and raw[name] is not None:
-            out[name] = _parse_value(name, kind, raw[name], where)
+            out[name] = _parse_value(name, kind, raw[name], origin.get(name, where))
     if not any(name not in MODIFIERS and value is not False for name, value in out.items()):
         raise GateConfigError(
             f"no gate thresholds configured in {where}: add a `gate:` section to the config file "
@@ -204,9 +208,7 @@ def _parse_value(name: str, kind: Kind, value: Any, where: str) -> Any:
         raise GateConfigError(f"gate threshold {name!r} in {where} must be a finite number, got {value!r}")
     if kind == "count":
         if number < 0 or number != int(number):
-            raise GateConfigError(
-                f"gate threshold {name!r} in {where} must be a whole number >= 0, got {value!r}"
-            )
+            raise GateConfigError(f"gate threshold {name!r} in {where} must be a whole number >= 0, got {value!r}")
         return int(number)
     low, high, what = {
         "rate": (0.0, 1.0, "a share between 0 and 1"),
@@ -238,6 +240,13 @@ class GateRule:
     def status(self) -> str:
         return "skipped" if self.skipped else ("pass" if self.passed else "fail")
 
+    def bound(self, symbols: bool = False) -> str:
+        """The threshold as a condition, e.g. ``<= 0.05`` (``≤ 0.05`` with ``symbols``); ``n/a`` without one."""
+        if self.threshold is None:
+            return "n/a"
+        op = {"<=": "≤", ">=": "≥"}[self.op] if symbols else self.op
+        return f"{op} {_fmt(self.threshold)}"
+
 
 @dataclass
 class GateVerdict:
@@ -264,7 +273,7 @@ class GateVerdict:
         return [rule for rule in self.rules if rule.skipped]
 
     def headline(self) -> str:
-        """E.g. ``gate FAILED: 2 of 14 rules failed, 1 skipped`` or ``gate PASSED: 3 rules passed``."""
+        """E.g. ``gate FAILED: 2 of 14 rules failed, 1 skipped`` or ``gate PASSED: 3 of 3 rules passed``."""
         n_rules = f"{len(self.rules)} rule{'' if len(self.rules) == 1 else 's'}"
         skipped = f", {len(self.skipped_rules)} skipped" if self.skipped_rules else ""
         if self.passed:
@@ -299,8 +308,7 @@ class GateVerdict:
         for rule in self.rules:
             tag = {"pass": "PASS", "fail": "FAIL", "skipped": "SKIP"}[rule.status]
             out.append(
-                f"{tag}  {rule.name:<{width}}  value={_fmt(rule.value)}  threshold {rule.op} "
-                f"{_fmt(rule.threshold)}  {rule.message}"
+                f"{tag}  {rule.name:<{width}}  value={_fmt(rule.value)}  threshold {rule.bound()}  {rule.message}"
             )
         out.append(self.headline())
         return out
@@ -319,9 +327,9 @@ class GateVerdict:
         ]
         for rule in self.rules:
             mark = {"pass": "✅", "fail": "❌", "skipped": "⏭️"}[rule.status]
-            threshold = f"{'≤' if rule.op == '<=' else '≥'} {_fmt(rule.threshold)}"
             rows.append(
-                f"| {mark} | `{rule.name}` | {_fmt(rule.value)} | {threshold} | {_md_escape(rule.message)} |"
+                f"| {mark} | `{rule.name}` | {_fmt(rule.value)} | {rule.bound(symbols=True)} "
+                f"| {_md_escape(rule.message)} |"
             )
         return "\n".join(rows) + "\n"
 
@@ -354,32 +362,36 @@ class GateVerdict:
             case = ET.SubElement(
                 suite,
                 "testcase",
-                {"name": rule.name, "classname": f"label-audit.gate.{rule.metric}", "time": "0"},
+                {"name": rule.name, "classname": "label-audit.gate", "time": "0"},
             )
-            detail = (
-                f"{rule.metric} = {_fmt(rule.value)}, threshold {rule.op} {_fmt(rule.threshold)}: "
-                f"{rule.message}"
-            )
+            detail = f"{rule.metric} = {_fmt(rule.value)}, threshold {rule.bound()}: {rule.message}"
             if rule.skipped:
                 ET.SubElement(case, "skipped", {"message": rule.message})
             elif not rule.passed:
-                failure = ET.SubElement(
-                    case, "failure", {"message": rule.message, "type": "GateThresholdFailed"}
-                )
+                failure = ET.SubElement(case, "failure", {"message": rule.message, "type": "GateThresholdFailed"})
                 failure.text = detail
             ET.SubElement(case, "system-out").text = detail
         ET.indent(suites)
         return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
 
-def write_verdict(run_dir: str | Path, verdict: GateVerdict) -> None:
+def write_verdict(run_dir: str | Path, verdict: GateVerdict, refresh_report: bool = True) -> None:
     """Write ``gate.json``, ``gate.xml`` and ``gate.md`` into the run folder and record the verdict in
-    ``summary.json["gate"]`` (for the report's headline)."""
+    ``summary.json["gate"]``.
+
+    ``label-audit run --gate`` renders the HTML report before the gate runs, so when the run folder has a report
+    and ``refresh_report`` is true it is rendered again (from the stored results, nothing is recomputed) and its
+    headline shows this verdict.
+    """
     run_dir = Path(run_dir)
     atomic_write_text(run_dir / GATE_JSON, verdict.to_json() + "\n")
     atomic_write_text(run_dir / GATE_JUNIT, verdict.to_junit_xml())
     atomic_write_text(run_dir / GATE_MARKDOWN, verdict.to_markdown())
     update_summary(run_dir, "gate", verdict.to_dict())
+    if refresh_report and (run_dir / REPORT_FILE).is_file():
+        from audit.report import render_report
+
+        render_report(run_dir)
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -540,9 +552,7 @@ class _Rules:
         if isinstance(value, _Missing):
             message = f"metric unavailable: {value.reason}"
             if self.skip_missing:
-                self.rules.append(
-                    GateRule(name, metric, None, threshold, op, True, f"skipped, {message}", True)
-                )
+                self.rules.append(GateRule(name, metric, None, threshold, op, True, f"skipped, {message}", True))
             else:
                 self.rules.append(
                     GateRule(
@@ -574,6 +584,8 @@ class _Rules:
         label: str,
     ) -> None:
         """One rule per class/annotator, named ``name[key]``; a single rule when the table is missing."""
+        if not isinstance(values, _Missing) and not values:
+            values = _Missing(f"{metric.split('.{}')[0]} is empty in this run")
         if isinstance(values, _Missing):
             self.add(name, metric.replace(".{}", ""), values, threshold, op, label.format("?"))
             return
@@ -662,9 +674,7 @@ def _share_shifts(
             return _Missing("max_class_share_shift needs a baseline run (pass --baseline PREVIOUS_RUN_DIR)")
         shifts: dict[str, Any] = {}
         for name, delta in deltas.items():
-            value = _number(
-                (delta or {}).get("share_delta"), f"checks.distribution.baseline.deltas.{name}.share_delta"
-            )
+            value = _number((delta or {}).get("share_delta"), f"checks.distribution.baseline.deltas.{name}.share_delta")
             shifts[name] = value if isinstance(value, _Missing) else abs(value)
         return shifts
     now = _shares(distribution)
@@ -739,18 +749,14 @@ def _ratchet(rules: _Rules, run: RunResults, baseline: RunResults | None, tolera
         op: Literal["<=", ">="] = ">=" if higher_is_better else "<="
         value = now[metric]
         if isinstance(value, _Missing):
-            value = _Missing(
-                f"{value.reason}, but baseline {baseline.name!r} has {metric} = {_fmt(previous)}"
-            )
+            value = _Missing(f"{value.reason}, but baseline {baseline.name!r} has {metric} = {_fmt(previous)}")
         label = f"{metric} (baseline {baseline.name!r}: {_fmt(previous)}, tolerance {_fmt(tolerance)})"
         rules.add(f"ratchet[{metric}]", key, value, threshold, op, label)
     if not compared:
         rules.add(
             "ratchet",
             "baseline",
-            _Missing(
-                f"baseline {baseline.name!r} has none of the ratcheted metrics ({', '.join(RATCHETED)})"
-            ),
+            _Missing(f"baseline {baseline.name!r} has none of the ratcheted metrics ({', '.join(RATCHETED)})"),
             None,
             "<=",
             "ratchet",

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from audit.checks.base import CheckContext, CheckError, json_safe, validate_result
 from audit.config import AuditConfig

@@ -130,7 +130,8 @@ def load_manifest(path: Path | str) -> SampleTable:
     if "label" not in table.columns:
         table["label"] = None
     if table["filepath"].isna().any():
-        raise SourceError(f"manifest {path}: rows {list(np.flatnonzero(table['filepath'].isna())[:5])} have no filepath")
+        rows = np.flatnonzero(table["filepath"].isna())[:5].tolist()
+        raise SourceError(f"manifest {path}: rows {rows} have no filepath")
     base = path.parent.resolve()
     table["filepath"] = [str(p if Path(p).is_absolute() else (base / p)) for p in table["filepath"].astype(str)]
     if "sample_id" not in table.columns:

@@ -8,6 +8,7 @@ annotators. Only the 2D map is a PCA stand-in for UMAP (the export copies whatev
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -36,10 +37,9 @@ def write_digit_images(root: Path, n: int = 200, seed: int = 0) -> pd.DataFrame:
         file = root / label / f"digit_{i:04d}.png"
         file.parent.mkdir(parents=True, exist_ok=True)
         pixels = (digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
-        Image.fromarray(pixels, mode="L").resize((32, 32), Image.NEAREST).save(file)
+        Image.fromarray(pixels, mode="L").resize((32, 32), Image.Resampling.NEAREST).save(file)
         rows.append((file.relative_to(root).as_posix(), str(file.resolve()), label, digits.data[i]))
-    frame = pd.DataFrame(rows, columns=["sample_id", "filepath", "true_label", "pixels"]).set_index("sample_id")
-    return frame
+    return pd.DataFrame(rows, columns=["sample_id", "filepath", "true_label", "pixels"]).set_index("sample_id")
 
 
 def build_run(run_dir: Path, images: pd.DataFrame, *, noise: float = 0.1, annotators: bool = True,
@@ -72,7 +72,7 @@ def build_run(run_dir: Path, images: pd.DataFrame, *, noise: float = 0.1, annota
         Path(samples["filepath"].iloc[i]).write_bytes(b"")
         samples.iloc[i, samples.columns.get_loc("readable")] = False
         samples.iloc[i, samples.columns.get_loc("problems")] = "empty_file"
-    samples["content_hash"] = [f"{hash(p) & 0xFFFFFFFF:08x}" for p in samples["filepath"]]
+    samples["content_hash"] = [hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in samples["filepath"]]
     ok = samples["readable"].to_numpy()
 
     embeddings = np.stack(images["pixels"].to_numpy())[ok].astype(np.float32) / 16.0
@@ -143,7 +143,7 @@ def build_run(run_dir: Path, images: pd.DataFrame, *, noise: float = 0.1, annota
                     {"class_a": a, "class_b": b, "joint_probability": 0.01, "n_confused": c} for (a, b), c in pairs
                 ],
             },
-            "agreement": {"low_agreement_threshold": 0.5} if annotators else {"skipped": "no annotator labels"},
+            "agreement": ({"low_agreement_threshold": 0.5} if annotators else {"skipped": "no annotator labels"}),
         },
     }
     return write_run(run_dir, samples, summary, embeddings=embeddings, annotations=annotations,

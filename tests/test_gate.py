@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from junitparser import Failure, JUnitXml, Skipped
@@ -92,9 +95,7 @@ def contract_summary(
 def write_contract_run(path: Path, **kwargs: Any) -> RunResults:
     summary = contract_summary(**kwargs)
     summary["run_name"] = path.name
-    labels = [
-        c for c, row in summary["checks"]["distribution"]["classes"].items() for _ in range(row["count"])
-    ]
+    labels = [c for c, row in summary["checks"]["distribution"]["classes"].items() for _ in range(row["count"])]
     samples = pd.DataFrame(
         {"filepath": [f"/data/{i}.png" for i in range(len(labels))], "label": labels, "readable": True},
         index=pd.Index([f"s{i}" for i in range(len(labels))], name="sample_id"),
@@ -133,9 +134,7 @@ def test_thresholds_come_from_the_run_config_file_and_string_overrides_win(tmp_p
 
 def test_thresholds_from_pyproject_tool_table_and_plain_toml(tmp_path):
     pyproject = tmp_path / "pyproject.toml"
-    pyproject.write_text(
-        '[project]\nname = "x"\n\n[tool.label-audit.gate]\nmax_unreadable = 3\nskip_missing = true\n'
-    )
+    pyproject.write_text('[project]\nname = "x"\n\n[tool.label-audit.gate]\nmax_unreadable = 3\nskip_missing = true\n')
     assert gate.load_thresholds(pyproject, {}) == {"max_unreadable": 3, "skip_missing": True}
     toml = tmp_path / "audit.toml"
     toml.write_text("[gate]\nmax_unreadable_rate = 0.01\n")
@@ -146,7 +145,10 @@ def test_thresholds_from_pyproject_tool_table_and_plain_toml(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"max_isue_rate": "0.1"}, "unknown gate threshold 'max_isue_rate'.*did you mean 'max_issue_rate'"),
+        (
+            {"max_isue_rate": "0.1"},
+            r"unknown gate threshold 'max_isue_rate' in the overrides \(--set\) \(did you mean 'max_issue_rate'\?\)",
+        ),
         ({"max_issue_rate": "abc"}, "'max_issue_rate' .* must be a number, got 'abc'"),
         ({"max_issue_rate": "1.5"}, "'max_issue_rate' .* must be a share between 0 and 1"),
         ({"min_krippendorff_alpha": "-2"}, "between -1 and 1"),
@@ -306,6 +308,16 @@ def test_a_null_metric_carries_the_reason_the_check_recorded(tmp_path):
     assert "(cleanlab's consensus quality needs two annotators)" in verdict.rules[0].message
 
 
+def test_a_per_class_rule_over_no_classes_fails_rather_than_passing_with_no_rules(tmp_path):
+    summary = contract_summary()
+    summary["checks"]["distribution"]["classes"] = {}
+    summary["class_names"] = []
+    samples = pd.DataFrame({"label": ["cat"]}, index=pd.Index(["s0"], name="sample_id"))
+    verdict = gate.evaluate(write_run(tmp_path / "run", samples, summary), None, {"min_samples_per_class": 1})
+    assert [(r.name, r.passed) for r in verdict.rules] == [("min_samples_per_class", False)]
+    assert "checks.distribution.classes is empty in this run" in verdict.rules[0].message
+
+
 def test_class_share_shift_against_a_baseline_covers_new_and_vanished_classes(tmp_path):
     before = write_contract_run(tmp_path / "before", counts={"cat": 50, "dog": 30, "fox": 20})
     after = write_contract_run(tmp_path / "after", counts={"cat": 50, "dog": 30, "owl": 20})
@@ -327,9 +339,7 @@ def test_class_share_shift_against_a_baseline_covers_new_and_vanished_classes(tm
 
 
 def test_class_share_shift_without_baseline_uses_the_recorded_deltas_or_fails(tmp_path):
-    recorded = write_contract_run(
-        tmp_path / "recorded", baseline_deltas={"cat": -0.02, "dog": 0.15, "fox": -0.13}
-    )
+    recorded = write_contract_run(tmp_path / "recorded", baseline_deltas={"cat": -0.02, "dog": 0.15, "fox": -0.13})
     verdict = gate.evaluate(recorded, None, {"max_class_share_shift": 0.1})
     assert {r.name: r.passed for r in verdict.rules} == {
         "max_class_share_shift[cat]": True,
@@ -452,6 +462,16 @@ def test_console_lines_one_per_rule_then_the_headline(tmp_path):
     assert lines[-1] == "gate FAILED: 1 of 4 rules failed"
 
 
+def test_importing_the_gate_stays_light():
+    """`label-audit gate` must start fast in CI: no torch, open_clip, umap, fiftyone or plotly."""
+    code = (
+        "import sys, audit.gate; "
+        "print(sorted(m for m in ('torch', 'open_clip', 'umap', 'fiftyone', 'plotly') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 # ------------------------------------------------------------------------------------- CLI exit codes
 
 
@@ -500,3 +520,195 @@ def test_cli_gate_baseline_shift_fails(tmp_path):
     assert "FAIL  max_class_share_shift[fox]" in result.output
     assert "PASS  max_class_share_shift[dog]" in result.output
     assert math.isclose(RunResults.load(after.path).summary["gate"]["rules"][0]["value"], 0.2)
+
+
+# ----------------------------------------------------------------------------- real runs on the demo data
+
+DEMO_LIMIT = 400  # images per demo run: enough for stable metrics, a few seconds each with the pixels embedder
+
+
+def demo_run(root: Path, name: str, noise: float, annotators: int, edit=None) -> RunResults:
+    """Build the digits demo with ``noise`` injected, optionally ``edit(dataset)`` its files, and audit it."""
+    from audit.config import build_config
+    from audit.demo import build_demo_dataset
+    from audit.runner import run as run_audit
+
+    data = build_demo_dataset(root / f"{name}-data", noise=noise, annotators=annotators, seed=0, limit=DEMO_LIMIT)
+    if edit is not None:
+        edit(data)
+    config = build_config(
+        overrides={
+            "source": {"kind": "manifest", "path": data.manifest, "annotations": data.annotations},
+            "embedder": {"kind": "pixels", "cache_dir": root / "cache"},
+            "projection": {"enabled": False},
+            "output_dir": root / "reports",
+            "run_name": name,
+            "report": False,
+        }
+    )
+    return run_audit(config, progress=False)
+
+
+def noisier_annotators(data) -> None:
+    """Two of the three annotators replace half their labels with random digits (more annotator noise)."""
+    rng = np.random.default_rng(1)
+    table = pd.read_csv(data.annotations, dtype=str)
+    sloppy = table["annotator"].isin(["bob", "carol"]).to_numpy() & (rng.random(len(table)) < 0.5)
+    table.loc[sloppy, "label"] = rng.integers(0, 10, sloppy.sum()).astype(str)
+    table.to_csv(data.annotations, index=False)
+
+
+def fewer_zeros(data) -> None:
+    """Keep only 5 images of class '0': a class shift against the other runs."""
+    manifest = pd.read_csv(data.manifest, dtype=str)
+    zeros = manifest.index[manifest["label"] == "0"]
+    manifest.drop(zeros[5:]).to_csv(data.manifest, index=False)
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory) -> dict[str, RunResults]:
+    """Three real audits, each once: little noise, much noise (labels and annotators), and a class shift
+    without annotators."""
+    root = tmp_path_factory.mktemp("gate-demo")
+    return {
+        "clean": demo_run(root, "clean", noise=0.02, annotators=3),
+        "noisy": demo_run(root, "noisy", noise=0.3, annotators=3, edit=noisier_annotators),
+        "shifted": demo_run(root, "shifted", noise=0.02, annotators=0, edit=fewer_zeros),
+    }
+
+
+def between(better: float, worse: float) -> float:
+    return (better + worse) / 2
+
+
+@pytest.mark.slow
+def test_real_mislabel_rules_pass_on_little_noise_and_fail_on_much(demo_runs):
+    clean, noisy = demo_runs["clean"], demo_runs["noisy"]
+    rate = {n: demo_runs[n].check_metrics("mistakes")["issue_rate"] for n in ("clean", "noisy")}
+    health = {n: demo_runs[n].check_metrics("mistakes")["label_health"] for n in ("clean", "noisy")}
+    assert rate["clean"] < rate["noisy"] and health["clean"] > health["noisy"]
+    thresholds = {
+        "max_issue_rate": round(between(rate["clean"], rate["noisy"]), 4),
+        "min_label_health": round(between(health["clean"], health["noisy"]), 4),
+        "max_class_issue_rate": round(between(rate["clean"], rate["noisy"]), 4),
+    }
+    passing, failing = gate.evaluate(clean, None, thresholds), gate.evaluate(noisy, None, thresholds)
+    assert passing.passed, passing.lines()
+    assert {r.name for r in failing.failed_rules} >= {"max_issue_rate", "min_label_health"}
+    assert rule(failing, "max_issue_rate").value == rate["noisy"]
+    per_class = noisy.check_metrics("mistakes")["per_class"]
+    class_rules = [r for r in failing.rules if r.name.startswith("max_class_issue_rate[")]
+    assert len(class_rules) == len(noisy.class_names) == 10
+    for r in class_rules:
+        assert r.value == per_class[r.name[len("max_class_issue_rate[") : -1]]["issue_rate"]
+        assert r.passed == (r.value <= thresholds["max_class_issue_rate"])
+    assert sum(not r.passed for r in class_rules) >= 5
+
+
+@pytest.mark.slow
+def test_real_agreement_rules_pass_on_careful_annotators_and_fail_on_sloppy(demo_runs):
+    clean, noisy = demo_runs["clean"], demo_runs["noisy"]
+    good, bad = clean.check_metrics("agreement"), noisy.check_metrics("agreement")
+    thresholds: dict[str, Any] = {}
+    for key in ("krippendorff_alpha", "fleiss_kappa"):
+        assert good[key] > bad[key]
+        thresholds[f"min_{key}"] = round(between(good[key], bad[key]), 4)
+        # Per class: the weakest class of the careful run sets the bar.
+        thresholds[f"min_class_{key}"] = round(min(row[key] for row in good["per_class"].values()), 4) - 1e-4
+    passing, failing = gate.evaluate(clean, None, thresholds), gate.evaluate(noisy, None, thresholds)
+    assert passing.passed, passing.lines()
+    failed = {r.name for r in failing.failed_rules}
+    assert {"min_krippendorff_alpha", "min_fleiss_kappa"} <= failed
+    assert any(name.startswith("min_class_krippendorff_alpha[") for name in failed)
+    assert any(name.startswith("min_class_fleiss_kappa[") for name in failed)
+    assert rule(failing, "min_class_fleiss_kappa[7]").value == bad["per_class"]["7"]["fleiss_kappa"]
+
+
+@pytest.mark.slow
+def test_real_annotator_quality_rule_fails_the_least_reliable_annotator(demo_runs):
+    quality = {a: row["quality"] for a, row in demo_runs["clean"].check_metrics("agreement")["per_annotator"].items()}
+    assert quality["alice"] > quality["bob"] > quality["carol"]  # error rates 5%, 15%, 30%
+    verdict = gate.evaluate(
+        demo_runs["clean"], None, {"min_annotator_quality": between(quality["bob"], quality["carol"])}
+    )
+    assert {r.name: r.passed for r in verdict.rules} == {
+        "min_annotator_quality[alice]": True,
+        "min_annotator_quality[bob]": True,
+        "min_annotator_quality[carol]": False,
+    }
+
+
+@pytest.mark.slow
+def test_real_agreement_rules_without_annotators_fail_unless_skipped(demo_runs):
+    thresholds = {"min_krippendorff_alpha": 0.1, "min_class_fleiss_kappa": 0.1, "min_annotator_quality": 0.1}
+    verdict = gate.evaluate(demo_runs["shifted"], None, thresholds)
+    assert not verdict.passed and len(verdict.rules) == 3
+    assert all(r.value is None and "metric unavailable" in r.message for r in verdict.rules)
+    assert gate.evaluate(demo_runs["shifted"], None, {**thresholds, "skip_missing": True}).passed
+
+
+@pytest.mark.slow
+def test_real_distribution_and_unreadable_rules(demo_runs):
+    clean, shifted = demo_runs["clean"], demo_runs["shifted"]
+    counts = shifted.check_metrics("distribution")["classes"]
+    assert counts["0"]["count"] <= 5 < min(row["count"] for c, row in counts.items() if c != "0")
+    thresholds = {"min_samples_per_class": 10, "max_unreadable": 2, "max_unreadable_rate": 0.01}
+    assert gate.evaluate(clean, None, thresholds).passed
+    verdict = gate.evaluate(shifted, None, thresholds)
+    assert [r.name for r in verdict.failed_rules] == ["min_samples_per_class[0]"]
+    # The demo ships a truncated and a missing image: 2 unreadable samples.
+    strict = gate.evaluate(clean, None, {"max_unreadable": 1, "max_unreadable_rate": 0.001})
+    assert [(r.name, r.value, r.passed) for r in strict.rules] == [
+        ("max_unreadable", 2, False),
+        ("max_unreadable_rate", pytest.approx(2 / clean.summary["counts"]["samples"]), False),
+    ]
+
+
+@pytest.mark.slow
+def test_real_baseline_comparison_fails_on_a_class_shift(demo_runs):
+    clean, shifted = demo_runs["clean"], demo_runs["shifted"]
+    assert gate.evaluate(clean, clean, {"max_class_share_shift": 0.0}).passed
+    verdict = gate.evaluate(shifted, clean, {"max_class_share_shift": 0.05})
+    assert [r.name for r in verdict.failed_rules] == ["max_class_share_shift[0]"]
+    before = clean.check_metrics("distribution")["classes"]["0"]["share"]
+    after = shifted.check_metrics("distribution")["classes"]["0"]["share"]
+    assert rule(verdict, "max_class_share_shift[0]").value == pytest.approx(before - after)
+
+
+@pytest.mark.slow
+def test_real_ratchet(demo_runs):
+    clean, noisy, shifted = demo_runs["clean"], demo_runs["noisy"], demo_runs["shifted"]
+    worse = gate.evaluate(noisy, clean, {"ratchet": True})
+    assert {r.name for r in worse.rules} == {f"ratchet[{m}]" for m in gate.RATCHETED}
+    assert {r.name for r in worse.failed_rules} >= {
+        "ratchet[issue_rate]",
+        "ratchet[label_health]",
+        "ratchet[krippendorff_alpha]",
+        "ratchet[fleiss_kappa]",
+    }
+    assert gate.evaluate(clean, noisy, {"ratchet": True}).passed
+    assert gate.evaluate(clean, clean, {"ratchet": True}).passed
+    lost = gate.evaluate(shifted, clean, {"ratchet": True, "ratchet_tolerance": 1.0})
+    assert {r.name for r in lost.failed_rules} == {
+        "ratchet[krippendorff_alpha]",
+        "ratchet[fleiss_kappa]",
+        "ratchet[min_annotator_quality]",
+    }
+
+
+@pytest.mark.slow
+def test_real_runs_through_the_cli(demo_runs, tmp_path):
+    clean, noisy, shifted = demo_runs["clean"], demo_runs["noisy"], demo_runs["shifted"]
+    config = tmp_path / "pyproject.toml"
+    config.write_text("[tool.label-audit.gate]\nmax_issue_rate = 0.15\nmax_unreadable = 2\nratchet = true\n")
+    ok = invoke("gate", clean.path, "--config", config, "--baseline", noisy.path)
+    assert ok.exit_code == 0, ok.output
+    worse = invoke("gate", noisy.path, "--config", config, "--baseline", clean.path)
+    assert worse.exit_code == 1, worse.output
+    assert "FAIL  ratchet[issue_rate]" in worse.output
+    shift = invoke("gate", shifted.path, "--baseline", clean.path, "--set", "max_class_share_shift=0.05")
+    assert shift.exit_code == 1 and "FAIL  max_class_share_shift[0]" in shift.output
+    suite = next(iter(JUnitXml.fromfile(str(shifted.path / "gate.xml"))))
+    failures = {case.name for case in suite if case.result and isinstance(case.result[0], Failure)}
+    assert failures == {"max_class_share_shift[0]"} and suite.tests == 10
+    assert RunResults.load(shifted.path).summary["gate"]["baseline"]["name"] == "clean"

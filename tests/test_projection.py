@@ -26,8 +26,8 @@ def test_umap_is_reproducible_with_a_seed(digit_images) -> None:
 
 
 def test_umap_keeps_classes_apart(digit_images) -> None:
-    from sklearn.neighbors import KNeighborsClassifier
     from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
 
     vectors, targets = _digit_vectors(digit_images)
     points = project(vectors, ProjectionConfig(seed=0)).points

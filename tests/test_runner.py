@@ -28,7 +28,7 @@ def demo_run(tmp_path_factory) -> tuple[RunResults, object]:
 
 
 def test_run_folder_has_table_summary_and_arrays(demo_run) -> None:
-    run, data = demo_run
+    run, _ = demo_run
     assert run.path.name == "r1"
     samples = pd.read_parquet(run.path / "samples.parquet").set_index("sample_id")
     assert len(samples) == 302, "300 digits + 2 broken files, none dropped"
@@ -75,7 +75,7 @@ def test_failing_check_fails_the_run(tmp_path: Path, digit_folder: Path) -> None
         config = audit.build_config(overrides={
             "source": {"kind": "folder", "path": digit_folder}, "embedder": {"kind": "pixels", "use_cache": False},
             "output_dir": tmp_path, "run_name": "x", "report": False, "projection": {"enabled": False}})
-        with pytest.raises(CheckError, match="exploding_test_check.*ZeroDivisionError: boom"):
+        with pytest.raises(CheckError, match=r"exploding_test_check.*ZeroDivisionError: boom"):
             audit.run(config, progress=False)
         assert not (tmp_path / "x" / "summary.json").exists(), "a failed run leaves no results that look complete"
     finally:

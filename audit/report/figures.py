@@ -225,8 +225,7 @@ def map_figure(run: RunResults, sample: MapSample | None = None,
     figure.update_layout(**_layout(
         height=620, margin={"l": 20, "r": 20, "t": 20, "b": 20}, hovermode="closest", dragmode="zoom",
         xaxis={"showticklabels": False, "title": None, "zeroline": False, "showgrid": False},
-        yaxis={"showticklabels": False, "title": None, "zeroline": False, "showgrid": False,
-               "scaleanchor": "x", "scaleratio": 1},
+        yaxis={"showticklabels": False, "title": None, "zeroline": False, "showgrid": False},
         legend={"itemsizing": "constant", "title": {"text": "label"}},
     ))
     return figure

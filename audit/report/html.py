@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from jinja2 import Environment, PackageLoader, Undefined
 from markupsafe import Markup
 
 from audit.report import figures
@@ -132,7 +132,6 @@ def environment() -> Environment:
     env = Environment(
         loader=PackageLoader("audit.report", "templates"),
         autoescape=True,
-        undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
@@ -175,7 +174,7 @@ def figure_json(figure: go.Figure | None) -> Markup | None:
 
 
 def _missing(value: Any) -> bool:
-    if value is None:
+    if value is None or isinstance(value, Undefined):
         return True
     try:
         return bool(pd.isna(value))
@@ -541,9 +540,9 @@ def _agreement(run: RunResults, agreement: dict, mistakes: dict) -> dict[str, An
         flagged = annotator_mistakes.get(name) or {}
         per_annotator.append({"name": name, **values, "n_mistakes": flagged.get("n_mistakes"),
                               "mistake_rate": flagged.get("rate")})
-    low = None
+    low = metrics.get("n_low_agreement")
     threshold = metrics.get("low_agreement_threshold")
-    if threshold is not None and "agreement_rate" in run.samples:
+    if low is None and threshold is not None and "agreement_rate" in run.samples:
         low = int((run.samples["agreement_rate"] < float(threshold)).sum())
     return {
         "state": agreement,
@@ -617,7 +616,9 @@ def _new_row(now: pd.DataFrame, before: pd.DataFrame, sample_id: str, thumbs: di
         status = f"relabelled (was {format_value(before.at[sample_id, 'label'])})"
     else:
         status = "newly flagged"
+    audited = row.get("mistakes_audited_label")
     return {"id": sample_id, "src": thumbs.get(sample_id), "label": format_value(row.get("label")),
+            "audited": format_value(audited) if not _missing(audited) and audited != row.get("label") else None,
             "suggested": format_value(row.get("mistakes_suggested_label")),
             "score": row.get("mistakes_label_quality"), "status": status}
 

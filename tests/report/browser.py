@@ -3,7 +3,8 @@
 Reusable by any test that opens a page (the HTML report, the FiftyOne App): :func:`open_page` loads a URL, waits
 until a JavaScript condition holds, and returns the console errors, uncaught exceptions, network requests,
 JavaScript dialogs (``alert()`` and friends, dismissed automatically so a page cannot hang the test), the values
-of JavaScript expressions, and optionally a screenshot PNG.
+of JavaScript expressions, and optionally a screenshot PNG. :class:`BrowserPage` does the same step by step,
+for tests that also move the mouse or wait on several conditions.
 
 The DevTools protocol is used rather than ``--dump-dom``/stderr logging because it reports errors and dialogs
 as structured events and lets the test wait on a real condition instead of sleeping.
@@ -12,6 +13,7 @@ as structured events and lets the test wait on a real condition instead of sleep
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -178,6 +180,131 @@ def _devtools_port(profile: Path, process: subprocess.Popen, timeout: float) -> 
     raise BrowserError(f"Chromium did not open its DevTools port within {timeout:.0f} s")
 
 
+class BrowserPage:
+    """One page in a fresh headless Chromium (own profile, no network services), driven step by step.
+
+    Use as a context manager::
+
+        with BrowserPage() as page:
+            page.goto(url, until="window.ready === true")
+            page.mouse_move(200, 300)
+            value = page.evaluate("document.title")
+            page.screenshot(path)
+        page.report.console_errors  # everything seen while the page was open
+    """
+
+    def __init__(self, *, width: int = 1400, height: int = 1000, timeout: float = 60.0,
+                 extra_flags: Sequence[str] = ()) -> None:
+        self.width, self.height, self.timeout = width, height, timeout
+        self.extra_flags = tuple(extra_flags)
+        self.report = PageReport(url="about:blank")
+        self._profile: tempfile.TemporaryDirectory | None = None
+        self._process: subprocess.Popen | None = None
+        self._client: _DevTools | None = None
+
+    def __enter__(self) -> BrowserPage:
+        executable = find_chromium()
+        if executable is None:
+            raise BrowserError("Chromium not found (apt-get install chromium, or set LABEL_AUDIT_CHROMIUM)")
+        self._profile = tempfile.TemporaryDirectory(prefix="label-audit-chromium-")
+        profile = Path(self._profile.name)
+        try:
+            self._process = subprocess.Popen(
+                [executable, *CHROMIUM_FLAGS, *self.extra_flags, "--remote-debugging-port=0",
+                 f"--user-data-dir={profile}", f"--window-size={self.width},{self.height}", "about:blank"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            port = _devtools_port(profile, self._process, timeout=30.0)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as answer:
+                targets = json.load(answer)
+            target = next(t for t in targets if t.get("type") == "page")
+            self._client = _DevTools(target["webSocketDebuggerUrl"], self.report)
+            for domain in ("Page", "Runtime", "Log", "Network"):
+                self._client.send(f"{domain}.enable")
+            self._resize(self.height)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):  # the browser may close its socket mid-answer
+                self._client.send("Browser.close", timeout=5)
+            self._client.close()
+            self._client = None
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=10)
+            self._process = None
+        if self._profile is not None:
+            with contextlib.suppress(OSError):  # Chromium may still be removing its own files
+                self._profile.cleanup()
+            self._profile = None
+
+    @property
+    def client(self) -> _DevTools:
+        if self._client is None:
+            raise BrowserError("the browser is not open: use BrowserPage as a context manager")
+        return self._client
+
+    def _resize(self, height: int) -> None:
+        self.client.send("Emulation.setDeviceMetricsOverride",
+                         {"width": self.width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+
+    def goto(self, url: str, until: str = "true", settle: float = 0.3) -> None:
+        """Navigate and wait until the page has loaded and ``until`` is truthy, then listen ``settle`` s more."""
+        self.report.url = url
+        self.client.send("Page.navigate", {"url": url})
+        self.wait_for(f"document.readyState === 'complete' && Boolean({until})")
+        end = time.monotonic() + settle
+        while time.monotonic() < end:
+            self.client.evaluate("0")  # keeps receiving events (late errors) while waiting
+            time.sleep(0.05)
+
+    def wait_for(self, condition: str, timeout: float | None = None) -> None:
+        """Poll a JavaScript expression until it is truthy; raise BrowserError with the console errors if not."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        last_error = ""
+        while time.monotonic() < deadline:
+            try:
+                if self.client.evaluate(condition):
+                    return
+            except BrowserError as exc:  # e.g. the page is still navigating
+                last_error = str(exc)
+            time.sleep(0.1)
+        raise BrowserError(
+            f"page never satisfied {condition!r} within {timeout or self.timeout:.0f} s; console errors: "
+            f"{self.report.console_errors}; last evaluation error: {last_error or 'none'}"
+        )
+
+    def evaluate(self, expression: str) -> Any:
+        """The JSON value of a JavaScript expression (promises are awaited)."""
+        return self.client.evaluate(expression)
+
+    def mouse_move(self, x: float, y: float) -> None:
+        """Move the mouse to viewport coordinates, as a user would (hover handlers fire)."""
+        self.client.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
+
+    def screenshot(self, path: Path, full_page: bool = True) -> Path:
+        """Save a PNG of the whole page (or the viewport) and restore the viewport size."""
+        if full_page:
+            metrics = self.client.send("Page.getLayoutMetrics")
+            content = metrics.get("cssContentSize") or metrics.get("contentSize", {})
+            self._resize(max(self.height, int(content.get("height", self.height))))
+            time.sleep(0.3)  # let the page re-layout (responsive plots resize) before capturing
+        shot = self.client.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": full_page})
+        if full_page:
+            self._resize(self.height)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(shot["data"]))
+        self.report.screenshot = path
+        return path
+
+
 def open_page(
     url: str,
     *,
@@ -200,7 +327,8 @@ def open_page(
     until
         JavaScript expression polled until it is truthy (the page's own readiness, e.g. plots drawn).
     evaluate
-        ``{name: expression}``; each is evaluated once ``until`` holds and returned in ``values`` (JSON values).
+        ``{name: expression}``; each is evaluated once ``until`` holds and returned in ``values`` (JSON values;
+        promises are awaited).
     screenshot
         Where to save a PNG of the page (the whole page when ``full_page``, else the viewport).
     settle
@@ -211,78 +339,10 @@ def open_page(
     BrowserError
         Chromium did not start, or ``until`` did not hold within ``timeout`` (the message lists console errors).
     """
-    executable = find_chromium()
-    if executable is None:
-        raise BrowserError("Chromium not found (apt-get install chromium, or set LABEL_AUDIT_CHROMIUM)")
-    report = PageReport(url=url)
-    with tempfile.TemporaryDirectory(prefix="label-audit-chromium-") as profile_dir:
-        profile = Path(profile_dir)
-        process = subprocess.Popen(
-            [executable, *CHROMIUM_FLAGS, *extra_flags, "--remote-debugging-port=0",
-             f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client: _DevTools | None = None
-        try:
-            port = _devtools_port(profile, process, timeout=30.0)
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as answer:
-                targets = json.load(answer)
-            page = next(t for t in targets if t.get("type") == "page")
-            client = _DevTools(page["webSocketDebuggerUrl"], report)
-            for domain in ("Page", "Runtime", "Log", "Network"):
-                client.send(f"{domain}.enable")
-            client.send("Emulation.setDeviceMetricsOverride",
-                        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
-            client.send("Page.navigate", {"url": url})
-            _wait_for(client, f"document.readyState === 'complete' && Boolean({until})", timeout, report)
-            end = time.monotonic() + settle
-            while time.monotonic() < end:
-                client.evaluate("0")
-                time.sleep(0.05)
-            for name, expression in (evaluate or {}).items():
-                report.values[name] = client.evaluate(expression)
-            if screenshot is not None:
-                report.screenshot = _capture(client, screenshot, full_page, width, height)
-        finally:
-            if client is not None:
-                try:
-                    client.send("Browser.close", timeout=5)
-                except Exception:  # the browser closing its socket mid-answer is expected
-                    pass
-                client.close()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-    return report
-
-
-def _wait_for(client: _DevTools, condition: str, timeout: float, report: PageReport) -> None:
-    deadline = time.monotonic() + timeout
-    last_error = ""
-    while time.monotonic() < deadline:
-        try:
-            if client.evaluate(condition):
-                return
-        except BrowserError as exc:  # e.g. the page is still navigating
-            last_error = str(exc)
-        time.sleep(0.1)
-    raise BrowserError(
-        f"page never satisfied {condition!r} within {timeout:.0f} s; console errors: {report.console_errors}; "
-        f"last evaluation error: {last_error or 'none'}"
-    )
-
-
-def _capture(client: _DevTools, path: Path, full_page: bool, width: int, height: int) -> Path:
-    if full_page:
-        metrics = client.send("Page.getLayoutMetrics")
-        content = metrics.get("cssContentSize") or metrics.get("contentSize", {})
-        height = max(height, int(content.get("height", height)))
-        client.send("Emulation.setDeviceMetricsOverride",
-                    {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
-        time.sleep(0.3)  # let the page re-layout (plots resize) before capturing
-    shot = client.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": full_page})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(base64.b64decode(shot["data"]))
-    return path
+    with BrowserPage(width=width, height=height, timeout=timeout, extra_flags=extra_flags) as page:
+        page.goto(url, until=until, settle=settle)
+        for name, expression in (evaluate or {}).items():
+            page.report.values[name] = page.evaluate(expression)
+        if screenshot is not None:
+            page.screenshot(screenshot, full_page=full_page)
+    return page.report

@@ -1,0 +1,1 @@
+"""Benchmarks of label-audit on real data (run as modules, e.g. ``python -m benchmarks.label_errors``)."""
