@@ -287,8 +287,8 @@ def _open_target(run, dataset_name: str | None, fo):
     if source.get("kind") == "fiftyone":
         if name not in fo.list_datasets():
             raise FiftyOneExportError(
-                f"FiftyOne dataset {name!r} that run {run.name!r} was made from no longer exists; "
-                "give an existing dataset with --dataset"
+                f"no FiftyOne dataset named {name!r}: run {run.name!r} was made from a FiftyOne dataset and is "
+                "written into an existing one (that dataset, or a copy with the same file paths, via --dataset)"
             )
         return fo.load_dataset(name), str(source.get("label_field") or DEFAULT_LABEL_FIELD)
     if name in fo.list_datasets():
@@ -572,8 +572,26 @@ def open_session(run_dir: Path, dataset_name: str | None = None, address: str = 
     spaces = dataset.load_workspace(WORKSPACE) if dataset.has_workspace(WORKSPACE) else None
     session = fo.launch_app(dataset, view=view, spaces=spaces, address=address, port=port, remote=remote,
                             auto=False)
+    wait_until_connected(session)
     url = f"{session.url.split('?')[0].rstrip('/')}/datasets/{quote(name)}?view={to_slug(VIEW_SUSPECTS)}"
     return session, url
+
+
+def wait_until_connected(session, timeout: float = 20.0) -> bool:
+    """Wait for the session's link to its App server, so the session can be updated and closed at once.
+
+    FiftyOne 1.22 opens a session's client before it starts the App server; the client's first attempt fails
+    and it retries after 10 s, and until then updating or closing the session (in a notebook) raises "Client
+    is not connected". By the time ``launch_app`` returns the server is up and the first attempt is over, so
+    this waits for the retry. Returns whether the client is connected.
+    """
+    import time
+
+    client = getattr(session, "_client", None)
+    deadline = time.monotonic() + timeout
+    while client is not None and not getattr(client, "_connected", True) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return client is None or bool(getattr(client, "_connected", True))
 
 
 def launch_app(run_dir: Path, dataset_name: str | None, address: str = "localhost", port: int = 5151,

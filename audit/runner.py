@@ -175,7 +175,7 @@ def run(config: AuditConfig, progress: bool = True) -> RunResults:
         samples = samples.join(result.samples)
         check_metrics[name] = result.metrics
     if pred_probs_source and "mistakes" in check_metrics and isinstance(check_metrics["mistakes"], dict):
-        check_metrics["mistakes"].setdefault("pred_probs_source", pred_probs_source)
+        check_metrics["mistakes"]["pred_probs_source"] = pred_probs_source  # names the user's file or field
     run_name = config.run_name or default_run_name(table)
     problem_counts = Counter(c for text in samples["problems"] for c in str(text).split(";") if c)
     summary = {

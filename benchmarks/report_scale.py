@@ -162,7 +162,8 @@ def _browser_open_seconds(html: Path) -> float | None:
 
 
 def run(sizes: Sequence[int] = DEFAULT_SIZES, n_classes: int = 10, browser: bool = True,
-        output: Path | None = RESULTS, work_dir: Path | None = None, seed: int = 0) -> list[dict[str, Any]]:
+        output: Path | None = RESULTS, work_dir: Path | None = None, seed: int = 0,
+        photo_pool: int = PHOTO_POOL) -> list[dict[str, Any]]:
     """Render reports of synthetic runs of each size; return (and write to ``output``) one row per size."""
     from audit.report import ReportLimits, render_report
     from benchmarks.speed import make_photos
@@ -170,7 +171,7 @@ def run(sizes: Sequence[int] = DEFAULT_SIZES, n_classes: int = 10, browser: bool
     rows = []
     with tempfile.TemporaryDirectory(prefix="label-audit-report-scale-", dir=work_dir) as tmp:
         root = Path(tmp)
-        photos = list(make_photos(root / "photos", PHOTO_POOL, seed=seed)["filepath"])
+        photos = list(make_photos(root / "photos", photo_pool, seed=seed)["filepath"])
         for n in sizes:
             started = time.perf_counter()
             baseline = synthetic_run(root / f"run-{n}-baseline", n, photos, n_classes, seed=seed + 1)
@@ -223,8 +224,9 @@ def _map_points(page: str) -> int:
                if trace.get("name") != "suspected mislabel")
 
 
-COLUMNS = (("n_samples", "samples", "{:,}"), ("n_suspects", "suspects", "{:,}"), ("render_seconds", "render s", "{:.2f}"),
-           ("html_mb", "HTML MB", "{:.2f}"), ("map_points", "map points", "{:,}"),
+COLUMNS = (("n_samples", "samples", "{:,}"), ("n_suspects", "suspects", "{:,}"),
+           ("render_seconds", "render s", "{:.2f}"), ("html_mb", "HTML MB", "{:.2f}"),
+           ("map_points", "map points", "{:,}"),
            ("hover_thumbnails", "thumbs", "{:,}"), ("gallery_cards", "gallery", "{:,}"),
            ("browser_open_seconds", "open s", "{:.2f}"))
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import numpy as np
 import pandas as pd
@@ -257,6 +258,20 @@ def test_run_from_a_fiftyone_dataset_writes_into_it(fo, tmp_path, dataset_name):
     assert dataset.values(af.FIELD_CONSENSUS) == [None] * 120
 
 
+def test_a_fiftyone_run_whose_dataset_is_gone_is_refused(fo, run, tmp_path):
+    import shutil
+
+    from audit.results import update_summary
+
+    copy = tmp_path / "run"
+    shutil.copytree(run.path, copy)
+    gone = unique_name()
+    update_summary(copy, "dataset", {"kind": "fiftyone", "name": gone, "label_field": "ground_truth"})
+    with pytest.raises(af.FiftyOneExportError, match=f"no FiftyOne dataset named '{gone}'"):
+        af.export_run(copy)
+    assert gone not in fo.list_datasets()
+
+
 def test_a_clashing_user_field_is_refused_not_overwritten(fo, run, dataset_name):
     dataset = fo.Dataset(dataset_name, persistent=True)
     dataset.add_sample(fo.Sample(filepath=run.samples["filepath"].iloc[0], label_audit_quality="mine"))
@@ -455,7 +470,7 @@ def test_app_command_serves_the_suspects_view(fo, run, dataset_name, tmp_path):
     unexpected = [e for e in report.console_errors if not _offline_only(e)]
     assert unexpected == [], unexpected
     assert report.values["count"].strip() == f"{n_suspects} samples"
-    assert report.values["view"] == f"?view={af.VIEW_SUSPECTS}"
+    assert parse_qs(report.values["view"].lstrip("?"))["view"] == [af.VIEW_SUSPECTS]
     assert report.values["tiles"] == min(n_suspects, report.values["tiles"]) > 0
     assert report.values["map"] == f"{n_points} points"
     box = json.loads(report.values["tile"])

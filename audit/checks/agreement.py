@@ -31,10 +31,11 @@ Definitions
 
 Consensus: cleanlab ``get_label_quality_multiannotator`` (CROWDLAB, ``best_quality``) with
 ``context.pred_probs`` when given, else with out-of-sample probabilities of a K-fold cross-validated logistic
-regression on the embeddings, trained on the majority-vote labels
-(:func:`cross_validated_probs_from_embeddings`). Samples with no usable probabilities (unreadable images) get
-a uniform prior, so their annotators alone decide. Without any probabilities, or with a single annotator, the
-consensus is cleanlab's majority vote and quality is null.
+regression and kNN on the embeddings, trained on the majority-vote labels
+(:func:`audit.checks.predictions.cross_validated_pred_probs`, the model the mistakes check uses; the
+probabilities are passed on in ``CheckResult.arrays["pred_probs"]`` so that check does not fit it again).
+Samples with no usable probabilities (unreadable images) get a uniform prior, so their annotators alone decide.
+Without any probabilities, or with a single annotator, the consensus is cleanlab's majority vote and quality is null.
 
 Parameters (``[checks.agreement]``): ``low_agreement_threshold`` (default 0.5), ``folds`` (default 5).
 """
@@ -48,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from audit.checks.base import CheckContext, CheckInputError, CheckResult, Requirement, json_safe, register
+from audit.checks.predictions import cross_validated_pred_probs
 
 DEFAULT_PARAMS: dict[str, Any] = {"low_agreement_threshold": 0.5, "folds": 5}
 
@@ -128,7 +130,8 @@ class AgreementCheck:
             },
             index=context.samples.index,
         )
-        return CheckResult(self.name, per_sample, json_safe(metrics))
+        arrays = {} if consensus.cv_pred_probs is None else {"pred_probs": consensus.cv_pred_probs}
+        return CheckResult(self.name, per_sample, json_safe(metrics), arrays=arrays)
 
 
 def _merge_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -315,13 +318,15 @@ class ConsensusResult:
     """Consensus class code per sample (NaN: no annotation), its quality and each annotator's quality."""
 
     def __init__(self, labels: pd.Series, quality: pd.Series, annotator_quality: dict[str, float | None],
-                 method: str, pred_probs_source: str | None, quality_reason: str | None) -> None:
+                 method: str, pred_probs_source: str | None, quality_reason: str | None,
+                 cv_pred_probs: np.ndarray | None = None) -> None:
         self.labels = labels
         self.quality = quality
         self.annotator_quality = annotator_quality
         self.method = method
         self.pred_probs_source = pred_probs_source
         self.quality_reason = quality_reason
+        self.cv_pred_probs = cv_pred_probs  # out-of-sample probs fitted here (NaN rows: not fitted), for reuse
 
     @classmethod
     def compute(cls, context: CheckContext, wide: pd.DataFrame, n_ratings: np.ndarray,
@@ -341,7 +346,7 @@ class ConsensusResult:
         if wide.shape[1] < 2 or not (n_ratings >= 2).any():
             reason = "cleanlab's consensus quality needs two annotators who labelled a common sample"
             return cls(labels, quality, nobody, "majority vote", None, reason)
-        probs, source, reason = consensus_pred_probs(context, labels, annotated, folds)
+        probs, source, reason, fitted = consensus_pred_probs(context, labels, annotated, folds)
         if probs is None:
             return cls(labels, quality, nobody, "majority vote", None, reason)
         with warnings.catch_warnings():
@@ -353,7 +358,8 @@ class ConsensusResult:
         quality.loc[annotated] = table["consensus_quality_score"].to_numpy().astype(float)
         stats = result["annotator_stats"]["annotator_quality"]
         annotator_quality = {name: _defined(stats[name]) for name in wide.columns}
-        return cls(labels, quality, annotator_quality, "cleanlab crowdlab (best_quality)", source, None)
+        cv_probs = None if fitted is None else np.where(fitted[:, None], probs, np.nan)
+        return cls(labels, quality, annotator_quality, "cleanlab crowdlab (best_quality)", source, None, cv_probs)
 
 
 def _seeded(seed: int, function, *args, **kwargs):
@@ -368,10 +374,11 @@ def _seeded(seed: int, function, *args, **kwargs):
 
 
 def consensus_pred_probs(context: CheckContext, majority: pd.Series, annotated: np.ndarray,
-                         folds: int) -> tuple[np.ndarray | None, str | None, str | None]:
+                         folds: int) -> tuple[np.ndarray | None, str | None, str | None, np.ndarray | None]:
     """Out-of-sample class probabilities for CROWDLAB: the user's, else cross-validated on the embeddings.
 
-    Returns ``(probs, source, reason)``; rows without usable probabilities (unreadable images) are uniform.
+    Returns ``(probs, source, reason, fitted)``; ``fitted`` marks the rows cross-validated here (None for the
+    user's probabilities); rows without usable probabilities (unreadable images) are uniform.
     ``probs`` is None, with the reason, when neither input exists or a classifier cannot be trained.
     """
     n, k = len(context.samples), len(context.class_names)
@@ -381,41 +388,20 @@ def consensus_pred_probs(context: CheckContext, majority: pd.Series, annotated: 
         if probs.shape != (n, k):
             raise CheckInputError(f"pred_probs has shape {probs.shape}; expected (samples, classes) {(n, k)}")
         usable = np.isfinite(probs).all(axis=1)
-        return np.where(usable[:, None], probs, uniform), "user-supplied pred_probs", None
+        return np.where(usable[:, None], probs, uniform), "user-supplied pred_probs", None, None
     if context.embeddings is None:
-        return None, None, "no embeddings or pred_probs to weigh annotators by; consensus is majority vote"
+        return None, None, "no embeddings or pred_probs to weigh annotators by; consensus is majority vote", None
     embeddings = np.asarray(context.embeddings, dtype=float)
     samples = context.samples
     readable = samples["readable"].to_numpy(bool) if "readable" in samples else np.ones(n, bool)
     train = readable & annotated & np.isfinite(embeddings).all(axis=1)
-    targets = majority.to_numpy()[train].astype(int)
-    present, members = np.unique(targets, return_counts=True)
-    if len(present) < 2 or members.max() < 2:
-        return None, None, "too few annotated readable samples to cross-validate a classifier on embeddings"
+    targets = majority.to_numpy().copy()
+    targets[~train] = -1
+    counts = np.bincount(targets[train].astype(int), minlength=k)
+    train &= np.isin(targets, np.flatnonzero(counts >= 2))  # a single-sample class cannot be cross-validated
+    if len(np.unique(targets[train])) < 2:
+        return None, None, "too few annotated readable samples to cross-validate a classifier on embeddings", None
     probs = uniform.copy()
-    probs[train] = cross_validated_probs_from_embeddings(embeddings[train], targets, k, folds, context.seed)
-    source = f"{min(folds, int(members.max()))}-fold cross-validated logistic regression on embeddings"
-    return probs, source, None
-
-
-def cross_validated_probs_from_embeddings(embeddings: np.ndarray, targets: np.ndarray, n_classes: int,
-                                          folds: int, seed: int) -> np.ndarray:
-    """``(n, n_classes)`` out-of-fold probabilities of a standardised logistic regression.
-
-    A class absent from a training fold gets probability 0 in that fold (sklearn's ``cross_val_predict``).
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    present = np.unique(targets)
-    splits = min(folds, int(np.bincount(targets).max()))
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        probs = cross_val_predict(model, embeddings, targets, method="predict_proba",
-                                  cv=StratifiedKFold(splits, shuffle=True, random_state=seed))
-    full = np.zeros((len(targets), n_classes))
-    full[:, present] = probs
-    return full
+    probs[train], _, source, _ = cross_validated_pred_probs(embeddings[train], targets[train].astype(int), k, folds,
+                                                            seed=context.seed)
+    return probs, source + " (majority-vote targets)", None, train

@@ -216,11 +216,10 @@ def map_figure(run: RunResults, sample: MapSample | None = None,
         ))
     suspects = is_suspect(points).to_numpy()
     if suspects.any():
+        # The rings only mark: hovering reaches the coloured point underneath, so no hover data is repeated.
         figure.add_trace(go.Scattergl(
-            x=x[suspects], y=y[suspects], customdata=custom[suspects], mode="markers",
-            name="suspected mislabel",
+            x=x[suspects], y=y[suspects], mode="markers", name="suspected mislabel", hoverinfo="skip",
             marker={"size": 10, "symbol": "circle-open", "color": "#111111", "line": {"width": 1.5}},
-            hovertemplate=hover,
         ))
     figure.update_layout(**_layout(
         height=620, margin={"l": 20, "r": 20, "t": 20, "b": 20}, hovermode="closest", dragmode="zoom",

@@ -14,6 +14,7 @@ where it shows a subset.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import math
@@ -103,13 +104,32 @@ def render_report(run_dir: Path, baseline_dir: Path | None = None, *, limits: Re
     run = RunResults.load(run_dir)
     baseline, baseline_note = _load_baseline(run, baseline_dir)
     suspects = suspect_table(run)
-    atomic_write_text(run.path / SUSPECTS_FILE, suspects.to_csv(index_label="sample_id", float_format="%.6g"))
+    atomic_write_text(run.path / SUSPECTS_FILE,
+                      spreadsheet_safe(suspects).to_csv(index_label="sample_id", float_format="%.6g"))
     context = build_context(run, baseline, suspects, limits)
     context["baseline_note"] = baseline_note
     page = environment().get_template("report.html.j2").render(**context)
     target = run.path / HTML_FILE
     atomic_write_text(target, page)
     return target
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """Prefix text cells that a spreadsheet would run as a formula (CSV injection) with a quote; labels, ids and
+    paths come from outside. Numbers are left as they are."""
+
+    def defuse(value: object) -> object:
+        return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+    out = table.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            out[column] = out[column].map(defuse)
+    out.index = out.index.map(defuse)
+    return out
 
 
 def _load_baseline(run: RunResults, baseline_dir: Path | None) -> tuple[RunResults | None, str | None]:
@@ -127,6 +147,7 @@ def _load_baseline(run: RunResults, baseline_dir: Path | None) -> tuple[RunResul
 # ---------------------------------------------------------------------------------------------- environment
 
 
+@functools.cache
 def environment() -> Environment:
     """Jinja2 environment over the packaged templates; autoescaping on for everything it renders."""
     env = Environment(
@@ -246,12 +267,12 @@ def thumbnail_uri(path: str | os.PathLike | None, size: int = 64) -> str | None:
 
     from audit.sources import load_image
 
-    image, _ = load_image(path, draft_size=size * 2)
+    image, _ = load_image(path, draft_size=size)
     if image is None:
         return None
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     encoded: list[tuple[int, str, bytes]] = []
-    for kind, options in (("png", {"optimize": True}), ("jpeg", {"quality": 82})):
+    for kind, options in (("png", {}), ("jpeg", {"quality": 78})):
         buffer = io.BytesIO()
         image.save(buffer, format=kind.upper(), **options)
         encoded.append((buffer.tell(), kind, buffer.getvalue()))
@@ -291,19 +312,19 @@ def build_context(run: RunResults, baseline: RunResults | None, suspects: pd.Dat
     sample = figures.map_sample(run, limits.map_background_points, limits.seed)
 
     # Thumbnails: the worst suspects (gallery and map hover) and a random sample of the other map points.
-    worst = list(suspects.index[: max(limits.gallery, limits.suspect_thumbnails)])
+    worst = list(suspects.index[: max(limits.gallery, limits.suspect_thumbnails if sample is not None else 0)])
     others: list[str] = []
     if sample is not None:
-        background = [s for s in sample.points.index if s not in set(suspects.index)]
+        background = list(sample.points.index[~sample.points.index.isin(suspects.index)])
         others = rng.sample(background, min(limits.other_thumbnails, len(background)))
-    thumbs = make_thumbnails({s: samples.at[s, "filepath"] for s in dict.fromkeys(worst + others)},
-                             limits.thumbnail_px)
-    hover_ids = [s for s in dict.fromkeys(worst + others) if thumbs.get(s)]
+    wanted = list(dict.fromkeys(worst + others))
+    thumbs = make_thumbnails(dict(zip(wanted, samples.loc[wanted, "filepath"], strict=True)), limits.thumbnail_px)
+    hover_ids = [s for s in wanted if thumbs.get(s)]
     if sample is not None:
         on_map = set(sample.points.index)
         hover_ids = [s for s in hover_ids if s in on_map]
     thumbnail_index = {s: i for i, s in enumerate(hover_ids)}
-    hover_thumbs = [_hover_entry(samples, s, thumbs[s]) for s in hover_ids]
+    hover_thumbs = _hover_entries(samples.loc[hover_ids], thumbs)
 
     mistakes = check_state(run, "mistakes")
     agreement = check_state(run, "agreement")
@@ -330,16 +351,19 @@ def build_context(run: RunResults, baseline: RunResults | None, suspects: pd.Dat
     return context
 
 
-def _hover_entry(samples: pd.DataFrame, sample_id: str, uri: str) -> dict[str, Any]:
-    row = samples.loc[sample_id]
-    return {
-        "src": uri,
-        "id": sample_id,
-        "label": format_value(row.get("label")),
-        "suggested": format_value(row.get("mistakes_suggested_label")),
-        "score": format_float(row.get("mistakes_label_quality")),
-        "suspect": bool(row.get("mistakes_is_issue")) if not _missing(row.get("mistakes_is_issue")) else False,
-    }
+def _hover_entries(rows: pd.DataFrame, thumbs: dict[str, str | None]) -> list[dict[str, Any]]:
+    """What the map's hover preview shows for each point that has a thumbnail (raw text: set as textContent)."""
+    def column(name: str) -> list[Any]:
+        return list(rows[name]) if name in rows else [None] * len(rows)
+
+    suspect = figures.is_suspect(rows)
+    return [
+        {"src": thumbs[sample_id], "id": sample_id, "label": format_value(label),
+         "suggested": format_value(suggested), "score": format_float(score), "suspect": bool(flag)}
+        for sample_id, label, suggested, score, flag in zip(
+            rows.index, column("label"), column("mistakes_suggested_label"), column("mistakes_label_quality"),
+            suspect, strict=True)
+    ]
 
 
 def _dataset_name(run: RunResults) -> str:

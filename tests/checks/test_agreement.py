@@ -174,7 +174,10 @@ def test_consensus_from_cross_validated_embeddings_and_unreadable_samples_still_
     context.embeddings[unreadable] = np.nan
     result = run(context)
     metrics = result.metrics
-    assert metrics["pred_probs_source"] == "5-fold cross-validated logistic regression on embeddings"
+    assert metrics["pred_probs_source"].startswith("5-fold cross-validated logistic regression")
+    assert metrics["pred_probs_source"].endswith("on the embeddings (majority-vote targets)")
+    fitted = result.arrays["pred_probs"]
+    assert np.isnan(fitted[unreadable]).all() and np.allclose(fitted[~unreadable].sum(axis=1), 1)
     consensus = result.samples["agreement_consensus_label"].to_numpy()
     right = np.array(classes, dtype=object)[truth]
     # the classifier learns from the noisy majority labels, so it is not perfect, but it overrules most of the

@@ -288,3 +288,22 @@ def test_audits_the_consensus_and_counts_each_annotators_mistakes(digits):
         assert row["n_mistakes"] == int((mine["label"].to_numpy() != believed[mine["sample_id"]].to_numpy()).sum())
     assert counts["careful"]["rate"] < 0.05
     assert 0.2 < counts["careless"]["rate"] < 0.4
+
+
+def test_reuses_the_agreement_checks_probabilities_instead_of_fitting_again(digits, noisy_run):
+    """When agreement already cross-validated the model on these embeddings, mistakes audits with those
+    probabilities (same result as fitting them itself, half the cost); partial coverage means fitting again."""
+    _, _, context, fitted_here = noisy_run
+    probs = fitted_here.arrays["pred_probs"]
+    agreement = CheckResult("agreement", pd.DataFrame(index=context.samples.index),
+                            {"pred_probs_source": "from agreement"}, arrays={"pred_probs": probs})
+    shared = MistakesCheck().run(CheckContext(samples=context.samples, class_names=CLASSES,
+                                              embeddings=context.embeddings, prior={"agreement": agreement}))
+    assert shared.metrics["pred_probs_source"] == "from agreement"
+    pd.testing.assert_series_equal(shared.samples["mistakes_is_issue"], fitted_here.samples["mistakes_is_issue"])
+    partial = probs.copy()
+    partial[:3] = np.nan
+    agreement.arrays["pred_probs"] = partial
+    refit = MistakesCheck().run(CheckContext(samples=context.samples, class_names=CLASSES,
+                                             embeddings=context.embeddings, prior={"agreement": agreement}))
+    assert refit.metrics["pred_probs_source"] != "from agreement"

@@ -137,8 +137,8 @@ def test_degraded_reports_render_without_errors(make_run, name, options, expecte
 
 def test_map_falls_back_to_svg_without_webgl(make_run):
     """A browser without WebGL still draws the map (as SVG points) instead of an error box."""
-    run = make_run("svg")
     require_chromium()
+    run = make_run("svg")
     page = open_page(render_report(run.path).as_uri(), until="document.body.dataset.plotsReady",
                      evaluate={**PAGE_STATE, "points": "document.querySelectorAll('#plot-map .point').length"},
                      extra_flags=("--disable-webgl", "--disable-3d-apis"))

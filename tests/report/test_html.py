@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,6 +18,18 @@ from audit.results import RunNotFoundError, RunResults
 SCRIPT_LABEL = "<script>alert(1)</script>"
 IMG_ANNOTATOR = "<img src=x onerror=alert(2)>"
 ODD_FILE = '"><img src=x onerror=alert(3)>.png'
+
+
+def decode_plotly_array(value: dict | list) -> np.ndarray:
+    """Plotly writes numpy arrays as base64 typed arrays ({"dtype", "bdata"})."""
+    if isinstance(value, list):
+        return np.asarray(value)
+    return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+
+
+def figure_spec(page: str, name: str) -> dict | None:
+    match = re.search(rf'<script type="application/json" id="figure-{name}">(.*?)</script>', page, re.S)
+    return json.loads(match.group(1)) if match else None
 
 
 def read_csv(path: Path) -> pd.DataFrame:
@@ -129,7 +143,7 @@ def test_report_without_issues(make_run):
     assert 'id="figure-suggestions"' not in page
     queue = read_csv(run.path / "suspects.csv")
     assert queue.empty and "suggested_label" in queue.columns
-    assert 'name="suspected mislabel"' not in page
+    assert "suspected mislabel" not in [trace["name"] for trace in figure_spec(page, "map")["data"]]
 
 
 def test_report_degrades_without_map_and_mistakes(make_run):
@@ -194,10 +208,13 @@ def test_large_runs_are_thinned_and_capped_and_the_report_says_so(make_run):
     n_suspects = int(run.samples["mistakes_is_issue"].astype(bool).sum())
     limits = ReportLimits(map_background_points=50, gallery=10, suspect_thumbnails=10, other_thumbnails=5)
     page = render_report(run.path, limits=limits).read_text(encoding="utf-8")
-    spec = json.loads(re.search(r'id="figure-map">(.*?)</script>', page, re.S).group(1))
+    spec = figure_spec(page, "map")
     drawn = [cd[0] for trace in spec["data"][:-1] for cd in trace["customdata"]]
-    ringed = {cd[0] for cd in spec["data"][-1]["customdata"]}
-    assert len(ringed) == n_suspects  # every suspect kept
+    ringed = spec["data"][-1]
+    assert ringed["name"] == "suspected mislabel" and ringed["hoverinfo"] == "skip"
+    assert len(decode_plotly_array(ringed["x"])) == n_suspects  # every suspect kept
+    suspects = set(run.samples.index[run.samples["mistakes_is_issue"].astype(bool)])
+    assert suspects <= set(drawn)
     assert len(drawn) - n_suspects <= 50 + 10  # thinned background (at least one point per class)
     assert len(set(run.samples.loc[[d for d in drawn if d in run.samples.index], "label"])) == 10
     assert "Thinned for speed" in page
@@ -257,3 +274,30 @@ def test_bad_run_folders_raise_clear_errors(make_run, tmp_path):
     run = make_run("ok")
     with pytest.raises(RunNotFoundError, match="not a label-audit run folder"):
         render_report(run.path, tmp_path / "no-baseline")
+
+
+def test_cli_report_command_renders_and_reports_bad_folders(make_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from audit.cli import app
+
+    before = make_run("before", seed=1)
+    after = make_run("after", seed=2)
+    result = CliRunner().invoke(app, ["report", str(after.path), "--baseline", str(before.path)])
+    assert result.exit_code == 0, result.output
+    assert str(after.path / "index.html") in result.output
+    assert "Compared with <code>before</code>" in (after.path / "index.html").read_text(encoding="utf-8")
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+
+
+def test_review_queue_defuses_spreadsheet_formulas():
+    """A label such as =HYPERLINK(...) must not run as a formula when suspects.csv is opened in a spreadsheet."""
+    from audit.report.html import spreadsheet_safe
+
+    table = pd.DataFrame({"label": ["=HYPERLINK(\"http://x\")", "cat", "-1+2", "@SUM(A1)"], "score": [0.1, -0.5, 0.2, 1]},
+                         index=pd.Index(["+id", "a", "b", "c"], name="sample_id"))
+    safe = spreadsheet_safe(table)
+    assert list(safe["label"]) == ["'=HYPERLINK(\"http://x\")", "cat", "'-1+2", "'@SUM(A1)"]
+    assert list(safe["score"]) == [0.1, -0.5, 0.2, 1]
+    assert list(safe.index) == ["'+id", "a", "b", "c"]

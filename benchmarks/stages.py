@@ -1,0 +1,188 @@
+"""Post-embedding stages at growing sizes: how time and memory grow from 1k to 100k samples.
+
+The inputs are synthetic (embeddings cannot be computed for 100k images here, and the stages after the
+embedding only see vectors): ``n`` L2-normalised 512-d vectors around 10 class centres, 10% of the labels
+swapped to another class, and three annotators (error rates 5, 15 and 30%, each labelling about 80% of the
+samples, every sample labelled at least once). Each size runs in a fresh process so that its peak memory is its
+own; inside it, each stage is timed and a sampler thread records the process's peak resident memory.
+
+Stages, each the code a run executes: ``umap`` (:func:`audit.projection.project`), ``cross-validation``
+(:func:`audit.checks.mistakes.cross_validated_pred_probs`), ``cleanlab`` (the mistakes check given those
+probabilities: confident-learning flags, quality scores, health, overlapping classes), ``agreement`` (the
+agreement check: kappas, Krippendorff, CROWDLAB consensus with its own cross-validated classifier),
+``distribution``, and ``report`` (:mod:`benchmarks.report_scale`: a synthetic run folder of the same size
+rendered by :func:`audit.report.render_report`).
+
+Run one size: ``python -m benchmarks.stages --n 10000 --out stages-10000.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+DIM = 512
+N_CLASSES = 10
+NOISE = 0.10
+ANNOTATOR_ERRORS = {"ann_a": 0.05, "ann_b": 0.15, "ann_c": 0.30}
+COVERAGE = 0.8
+GIB = 2**30
+
+
+def synthetic_inputs(n: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, list[str]]:
+    """Sample table, embeddings and annotations of ``n`` synthetic samples (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    classes = [f"class_{i:02d}" for i in range(N_CLASSES)]
+    true = rng.integers(0, N_CLASSES, n)
+    centres = rng.normal(size=(N_CLASSES, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    vectors = centres[true] + rng.normal(scale=1.6 / np.sqrt(DIM), size=(n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    given = np.where(rng.random(n) < NOISE, (true + rng.integers(1, N_CLASSES, n)) % N_CLASSES, true)
+    names = np.array(classes, dtype=object)
+    ids = pd.Index([f"s{i:07d}" for i in range(n)], name="sample_id")
+    samples = pd.DataFrame({"filepath": [f"/data/{i}.jpg" for i in range(n)], "label": names[given],
+                            "split": "all", "readable": True}, index=ids)
+    chosen = rng.random((n, len(ANNOTATOR_ERRORS))) < COVERAGE
+    chosen[~chosen.any(axis=1), 0] = True
+    frames = []
+    for j, (annotator, rate) in enumerate(ANNOTATOR_ERRORS.items()):
+        rows = np.flatnonzero(chosen[:, j])
+        wrong = rng.random(len(rows)) < rate
+        label = np.where(wrong, (given[rows] + rng.integers(1, N_CLASSES, len(rows))) % N_CLASSES, given[rows])
+        frames.append(pd.DataFrame({"sample_id": ids[rows], "annotator": annotator, "label": names[label]}))
+    return samples, vectors, pd.concat(frames, ignore_index=True), classes
+
+
+class _PeakMemory:
+    """Peak resident memory of this process (and any worker processes) while a stage runs, sampled every 10 ms."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.process = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _rss(self) -> int:
+        total = self.process.memory_info().rss
+        for child in self.process.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except Exception:  # a worker that ended between listing and reading
+                pass
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self) -> _PeakMemory:
+        self.peak = self._rss()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def measure_size(n: int, seed: int = 0, report: bool = True) -> dict[str, Any]:
+    """Run every stage on ``n`` synthetic samples in this process; seconds and peak memory per stage."""
+    from audit.checks.agreement import AgreementCheck
+    from audit.checks.base import CheckContext
+    from audit.checks.distribution import DistributionCheck
+    from audit.checks.mistakes import DEFAULTS, MistakesCheck, cross_validated_pred_probs
+    from audit.config import ProjectionConfig
+    from audit.projection import project
+
+    samples, vectors, annotations, classes = synthetic_inputs(n, seed)
+    codes = samples["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(int)
+    stages: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+
+    @contextmanager
+    def stage(name: str):
+        started = time.perf_counter()
+        with _PeakMemory() as memory:
+            yield
+        stages[name] = {"seconds": time.perf_counter() - started, "peak_rss_gib": memory.peak / GIB}
+
+    with stage("umap"):
+        projection = project(vectors, ProjectionConfig(seed=seed))
+    extra["umap_settings"] = projection.settings
+    with stage("cross-validation"):
+        probs, folds, source, _ = cross_validated_pred_probs(vectors, codes, N_CLASSES, DEFAULTS["folds"],
+                                                             DEFAULTS["knn_neighbors"], seed)
+    extra["cv_accuracy"] = float((probs.argmax(axis=1) == codes).mean())
+    extra["pred_probs"] = source
+    with stage("cleanlab"):
+        mistakes = MistakesCheck().run(CheckContext(samples=samples, class_names=classes, pred_probs=probs,
+                                                    seed=seed))
+    extra["issue_rate"] = mistakes.metrics["issue_rate"]
+    with stage("agreement"):
+        AgreementCheck().run(CheckContext(samples=samples, class_names=classes, embeddings=vectors,
+                                          annotations=annotations, seed=seed))
+    with stage("distribution"):
+        DistributionCheck().run(CheckContext(samples=samples, class_names=classes, seed=seed))
+    if report:
+        from benchmarks import report_scale
+
+        with stage("report"), tempfile.TemporaryDirectory(prefix="label-audit-stages-") as tmp:
+            row = report_scale.run([n], n_classes=N_CLASSES, browser=False, output=None, work_dir=Path(tmp),
+                                   seed=seed)[0]
+        extra["report"] = {"render_seconds": row["render_seconds"], "html_mb": row["html_mb"],
+                           "map_points": row["map_points"]}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    return {"n_samples": n, "dim": DIM, "n_classes": N_CLASSES, "n_annotations": len(annotations),
+            "stages": stages, "process_peak_rss_gib": peak / GIB,
+            "total_seconds": sum(s["seconds"] for s in stages.values()), **extra}
+
+
+def run_stages(sizes: Sequence[int], seed: int = 0, report: bool = True,
+               log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Each size in a fresh Python process (so peak memory is per size); one result per size."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="label-audit-stages-") as tmp:
+        for n in sizes:
+            out = Path(tmp) / f"stages-{n}.json"
+            command = [sys.executable, "-m", "benchmarks.stages", "--n", str(n), "--seed", str(seed),
+                       "--out", str(out)] + ([] if report else ["--no-report"])
+            log(f"stages: {n:,} samples ...")
+            subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1],
+                           env={**os.environ, "FIFTYONE_DO_NOT_TRACK": "true"}, stdout=subprocess.DEVNULL)
+            rows.append(json.loads(out.read_text(encoding="utf-8")))
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    result = measure_size(args.n, args.seed, report=not args.no_report)
+    args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
