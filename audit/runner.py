@@ -50,8 +50,16 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def dataset_name(table: SampleTable) -> str:
+    """A FiftyOne dataset's name, an image folder's name, or the folder a manifest lives in."""
+    if table.description.get("name"):
+        return str(table.description["name"])
+    path = Path(str(table.description.get("path", "dataset")))
+    return path.parent.name if table.description.get("kind") == "manifest" and path.parent.name else path.name
+
+
 def default_run_name(table: SampleTable) -> str:
-    source = table.description.get("name") or Path(str(table.description.get("path", "dataset"))).stem
+    source = dataset_name(table)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(source)).strip("-") or "dataset"
     return f"{slug}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
 
@@ -182,7 +190,7 @@ def run(config: AuditConfig, progress: bool = True) -> RunResults:
         "run_name": run_name,
         "created_at": created.isoformat(timespec="seconds"),
         "dataset": {"kind": config.source.kind,
-                    "name": table.description.get("name") or Path(str(table.description.get("path", ""))).name,
+                    "name": dataset_name(table),
                     "path": table.description.get("path"), "label_field": table.description.get("label_field"),
                     "label_from": table.description.get("label_from", "label")},
         "counts": {"samples": len(samples), "readable": int(samples["readable"].sum()),

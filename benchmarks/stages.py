@@ -19,6 +19,7 @@ Run one size: ``python -m benchmarks.stages --n 10000 --out stages-10000.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -28,7 +29,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +82,8 @@ class _PeakMemory:
     def _rss(self) -> int:
         total = self.process.memory_info().rss
         for child in self.process.children(recursive=True):
-            try:
+            with contextlib.suppress(Exception):  # a worker that ended between listing and reading
                 total += child.memory_info().rss
-            except Exception:  # a worker that ended between listing and reading
-                pass
         return total
 
     def _sample(self) -> None:
@@ -119,7 +117,7 @@ def measure_size(n: int, seed: int = 0, report: bool = True) -> dict[str, Any]:
     stages: dict[str, Any] = {}
     extra: dict[str, Any] = {}
 
-    @contextmanager
+    @contextlib.contextmanager
     def stage(name: str):
         started = time.perf_counter()
         with _PeakMemory() as memory:
@@ -130,7 +128,7 @@ def measure_size(n: int, seed: int = 0, report: bool = True) -> dict[str, Any]:
         projection = project(vectors, ProjectionConfig(seed=seed))
     extra["umap_settings"] = projection.settings
     with stage("cross-validation"):
-        probs, folds, source, _ = cross_validated_pred_probs(vectors, codes, N_CLASSES, DEFAULTS["folds"],
+        probs, _, source, _ = cross_validated_pred_probs(vectors, codes, N_CLASSES, DEFAULTS["folds"],
                                                              DEFAULTS["knn_neighbors"], seed)
     extra["cv_accuracy"] = float((probs.argmax(axis=1) == codes).mean())
     extra["pred_probs"] = source

@@ -1,4 +1,4 @@
-"""End to end: the GitHub Actions job documented in docs/ci.md, run step by step on the digits demo with the
+"""End to end: the GitHub Actions job documented in README.md, run step by step on the digits demo with the
 installed ``label-audit`` console script, as CI would run it."""
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ def installed_script() -> Path:
 
 
 def documented_workflow() -> dict[str, Any]:
-    """The GitHub Actions workflow YAML block of docs/ci.md."""
-    text = (REPO / "docs" / "ci.md").read_text(encoding="utf-8")
+    """The GitHub Actions workflow YAML block of the README."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
     workflows = [b for b in blocks if b.lstrip().startswith("# .github/workflows/")]
-    assert len(workflows) == 1, "docs/ci.md should hold exactly one workflow YAML block"
+    assert len(workflows) == 1, "README.md should hold exactly one workflow YAML block"
     return yaml.safe_load(workflows[0])
 
 

@@ -156,3 +156,31 @@ def test_precomputed_embeddings_checked(tmp_path: Path) -> None:
     np.save(tmp_path / "nan.npy", good)
     with pytest.raises(EmbedderError, match="NaN/inf in 1 row"):
         load_precomputed(tmp_path / "nan.npy", 5)
+
+
+def test_batched_normalisation_matches_torchvision_transform(tiny_clip, digit_folder: Path) -> None:
+    """The transform split at ToTensor (PIL part in the decoders, normalisation batched in forward) gives the
+    vectors torchvision's per-image transform gives, whichever decoding strategy runs it."""
+    import open_clip
+    import torch
+    from PIL import Image
+
+    from audit.embeddings import clip_embedder, split_clip_transform
+
+    config_file, checkpoint = tiny_clip
+    net, _, preprocess = open_clip.create_model_and_transforms(config_file.stem, pretrained=str(checkpoint))
+    assert split_clip_transform(preprocess) is not None
+    visual = net.visual.eval()
+    samples = _samples(digit_folder)
+    with torch.inference_mode():
+        batch = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in samples["filepath"]])
+        expected = torch.nn.functional.normalize(visual(batch), dim=-1).numpy()
+    embedder = clip_embedder(net, preprocess, name="tiny", identity={"model": "tiny"}, device="cpu",
+                             precision="fp32")
+    assert embedder.identity["preprocess"] == repr(preprocess), "the cache key names the user-visible transform"
+    for decoding in ("threads", "processes"):
+        got = embed_samples(samples, embedder, use_cache=False, workers=2, batch_size=7, progress=False,
+                            decoding=decoding).vectors
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="decoding must be"):
+        embed_samples(samples, embedder, use_cache=False, progress=False, decoding="fibers")
