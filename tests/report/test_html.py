@@ -295,7 +295,8 @@ def test_review_queue_defuses_spreadsheet_formulas():
     """A label such as =HYPERLINK(...) must not run as a formula when suspects.csv is opened in a spreadsheet."""
     from audit.report.html import spreadsheet_safe
 
-    table = pd.DataFrame({"label": ["=HYPERLINK(\"http://x\")", "cat", "-1+2", "@SUM(A1)"], "score": [0.1, -0.5, 0.2, 1]},
+    table = pd.DataFrame({"label": ["=HYPERLINK(\"http://x\")", "cat", "-1+2", "@SUM(A1)"],
+                          "score": [0.1, -0.5, 0.2, 1]},
                          index=pd.Index(["+id", "a", "b", "c"], name="sample_id"))
     safe = spreadsheet_safe(table)
     assert list(safe["label"]) == ["'=HYPERLINK(\"http://x\")", "cat", "'-1+2", "'@SUM(A1)"]
