@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"min": float(cos.min()), "mean": float(cos.mean())}
 
 
-def run_speed(work_dir: Path, n_images: int = 512, seed: int = 0) -> dict[str, Any]:
+def run_speed(work_dir: Path, n_images: int = 512, seed: int = 0, rounds: int = 3) -> dict[str, Any]:
     """Measure bare forward and end-to-end embedding throughput on ``n_images`` photos; see the module docstring."""
     import open_clip
     import torch
@@ -107,28 +108,37 @@ def run_speed(work_dir: Path, n_images: int = 512, seed: int = 0) -> dict[str, A
     threads = torch.get_num_threads()
 
     fp32_rate, fp32_vectors = _time_forward(visual, batches, torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates its quantized tensors; measured for reference only
+        int8_model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(visual), {torch.nn.Linear},
+                                                            dtype=torch.qint8)
+        int8_rate, int8_vectors = _time_forward(int8_model, batches[: max(1, len(batches) // 2)], torch.float32)
+    del int8_model
     bf16_model = copy.deepcopy(visual).to(torch.bfloat16)
-    bf16_rate, bf16_vectors = _time_forward(bf16_model, batches, torch.bfloat16)
-    del bf16_model
-    int8_model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(visual), {torch.nn.Linear}, dtype=torch.qint8)
-    int8_rate, int8_vectors = _time_forward(int8_model, batches[: max(1, len(batches) // 2)], torch.float32)
-    del int8_model, tensors, batches
 
     identity = {"model": MODEL, "pretrained": None, "checkpoint": None, "weights": WEIGHTS_LABEL, "seed": seed}
     embedder = clip_embedder(visual, preprocess, name=f"open_clip {MODEL} / {WEIGHTS_LABEL}", identity=identity,
                              device="cpu", note=WEIGHTS_LABEL)
     first = [embedder.preprocess(Image.open(p).convert("RGB")) for p in samples["filepath"][:BATCH]]
     embedder.forward(np.stack(first))  # kernels chosen on first use, as for the bare forward
-
-    cache = work_dir / "cache"
-    cold = embed_samples(samples, embedder, cache_dir=cache, progress=False)
-    warm = embed_samples(samples, embedder, cache_dir=cache, progress=False)
-    assert warm.n_cached == n_images and warm.n_embedded == 0, "the warm re-run must take every image from the cache"
-    np.testing.assert_array_equal(cold.vectors, warm.vectors)
-
     # The path before this benchmark's optimisations: torchvision's per-image transform in worker processes.
     before = dataclasses.replace(embedder, preprocess=preprocess)
-    old = embed_samples(samples, before, use_cache=False, progress=False, decoding="processes")
+
+    # On a shared machine a neighbour's burst can halve any one measurement: the three that are compared run in
+    # turns, ``rounds`` times, and each keeps its best round.
+    bf16_rates, cold_runs, old_runs = [], [], []
+    for round_ in range(rounds):
+        rate, bf16_vectors = _time_forward(bf16_model, batches, torch.bfloat16)
+        bf16_rates.append(rate)
+        cold_runs.append(embed_samples(samples, embedder, cache_dir=work_dir / f"cache-{round_}", progress=False))
+        old_runs.append(embed_samples(samples, before, use_cache=False, progress=False, decoding="processes"))
+    del bf16_model, tensors, batches
+    bf16_rate = max(bf16_rates)
+    cold = min(cold_runs, key=lambda outcome: outcome.timings["total"])
+    old = min(old_runs, key=lambda outcome: outcome.timings["total"])
+    warm = embed_samples(samples, embedder, cache_dir=work_dir / "cache-0", progress=False)
+    assert warm.n_cached == n_images and warm.n_embedded == 0, "the warm re-run must take every image from the cache"
+    np.testing.assert_array_equal(cold.vectors, warm.vectors)
 
     cold_rate = n_images / cold.timings["total"]
     return {
@@ -149,6 +159,12 @@ def run_speed(work_dir: Path, n_images: int = 512, seed: int = 0) -> dict[str, A
         },
         "seconds": {"cold": cold.timings["total"], "warm": warm.timings["total"],
                     "before_optimisation": old.timings["total"]},
+        "rounds": rounds,
+        "all_rounds_images_per_s": {
+            "bare_forward_bf16": bf16_rates,
+            "default_cold": [n_images / o.timings["total"] for o in cold_runs],
+            "before_optimisation": [n_images / o.timings["total"] for o in old_runs],
+        },
         "ratio_e2e_to_bf16_forward": cold_rate / bf16_rate,
         "ratio_e2e_to_fp32_forward": cold_rate / fp32_rate,
         "warm_speedup": cold.timings["total"] / warm.timings["total"],
