@@ -259,6 +259,27 @@ def to_markdown(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def summary_markdown(results: dict[str, Any]) -> str:
+    """One compact table: F1 of the flags / AUROC / AP of the score, per dataset and method (best in bold)."""
+    names = [LABEL_AUDIT, *PEERS]
+    lines = ["| dataset | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+    for data in results["datasets"]:
+        methods = data["methods"]
+        cells = []
+        for name in names:
+            if name not in methods:
+                cells.append("—")
+                continue
+            parts = []
+            for metric in ("f1", "auroc", "average_precision"):
+                value = methods[name][metric]
+                best = max(m[metric] for m in methods.values())
+                parts.append(f"**{value:.3f}**" if abs(value - best) < 1e-9 else f"{value:.3f}")
+            cells.append(" / ".join(parts))
+        lines.append(f"| {data['dataset']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def frame(results: dict[str, Any]) -> pd.DataFrame:
     """Long table (dataset, method, metrics) for quick inspection."""
     return pd.DataFrame([{"dataset": d["dataset"], "method": name, **m}

@@ -11,8 +11,8 @@ Everything is measured in one process, one after the other, on the same images:
 * bare forward: the image tower alone on tensors prepared beforehand (torchvision's transform), batch 64, fp32
   weights and bf16 weights (and dynamic int8 for reference), with torch's default thread count;
 * end to end: :func:`audit.embeddings.embed_samples` with its default settings and a cold cache, then again
-  warm (every image cached), and the pre-optimisation path (per-image torchvision transform, worker
-  processes) for comparison;
+  warm (every image cached); for comparison the same with the resize on PIL images, and the pre-optimisation
+  path (per-image torchvision transform, worker processes);
 * accuracy: cosine between the default end-to-end vectors and the fp32 bare forward of torchvision's transform.
 """
 
@@ -94,7 +94,7 @@ def run_speed(work_dir: Path, n_images: int = 512, seed: int = 0, rounds: int = 
     import open_clip
     import torch
 
-    from audit.embeddings import clip_embedder, default_workers, embed_samples
+    from audit.embeddings import clip_embedder, default_workers, embed_samples, split_clip_transform
 
     samples = make_photos(work_dir / "photos", n_images, seed)
     torch.manual_seed(seed)
@@ -121,21 +121,25 @@ def run_speed(work_dir: Path, n_images: int = 512, seed: int = 0, rounds: int = 
                              device="cpu", note=WEIGHTS_LABEL)
     first = [embedder.preprocess(Image.open(p).convert("RGB")) for p in samples["filepath"][:BATCH]]
     embedder.forward(np.stack(first))  # kernels chosen on first use, as for the bare forward
-    # The path before this benchmark's optimisations: torchvision's per-image transform in worker processes.
+    # The path before this benchmark's optimisations: torchvision's per-image transform in worker processes;
+    # and the default path with the resize left on PIL images (what the tensor resize is worth).
     before = dataclasses.replace(embedder, preprocess=preprocess)
+    pil_resize = dataclasses.replace(embedder, preprocess=split_clip_transform(preprocess, tensor_resize=False)[0])
 
     # On a shared machine a neighbour's burst can halve any one measurement: the three that are compared run in
     # turns, ``rounds`` times, and each keeps its best round.
-    bf16_rates, cold_runs, old_runs = [], [], []
+    bf16_rates, cold_runs, old_runs, pil_runs = [], [], [], []
     for round_ in range(rounds):
         rate, bf16_vectors = _time_forward(bf16_model, batches, torch.bfloat16)
         bf16_rates.append(rate)
         cold_runs.append(embed_samples(samples, embedder, cache_dir=work_dir / f"cache-{round_}", progress=False))
         old_runs.append(embed_samples(samples, before, use_cache=False, progress=False, decoding="processes"))
+        pil_runs.append(embed_samples(samples, pil_resize, use_cache=False, progress=False))
     del bf16_model, tensors, batches
     bf16_rate = max(bf16_rates)
     cold = min(cold_runs, key=lambda outcome: outcome.timings["total"])
     old = min(old_runs, key=lambda outcome: outcome.timings["total"])
+    pil = min(pil_runs, key=lambda outcome: outcome.timings["total"])
     warm = embed_samples(samples, embedder, cache_dir=work_dir / "cache-0", progress=False)
     assert warm.n_cached == n_images and warm.n_embedded == 0, "the warm re-run must take every image from the cache"
     np.testing.assert_array_equal(cold.vectors, warm.vectors)
@@ -156,6 +160,7 @@ def run_speed(work_dir: Path, n_images: int = 512, seed: int = 0, rounds: int = 
             "default_cold_embed_only": n_images / cold.timings["embed"],
             "default_warm": n_images / warm.timings["total"],
             "before_optimisation": n_images / old.timings["total"],
+            "pil_resize": n_images / pil.timings["total"],
         },
         "seconds": {"cold": cold.timings["total"], "warm": warm.timings["total"],
                     "before_optimisation": old.timings["total"]},
@@ -164,6 +169,7 @@ def run_speed(work_dir: Path, n_images: int = 512, seed: int = 0, rounds: int = 
             "bare_forward_bf16": bf16_rates,
             "default_cold": [n_images / o.timings["total"] for o in cold_runs],
             "before_optimisation": [n_images / o.timings["total"] for o in old_runs],
+            "pil_resize": [n_images / o.timings["total"] for o in pil_runs],
         },
         "ratio_e2e_to_bf16_forward": cold_rate / bf16_rate,
         "ratio_e2e_to_fp32_forward": cold_rate / fp32_rate,
@@ -173,5 +179,6 @@ def run_speed(work_dir: Path, n_images: int = 512, seed: int = 0, rounds: int = 
             "bf16_forward": _cosine(bf16_vectors, fp32_vectors),
             "int8_dynamic_forward": _cosine(int8_vectors, fp32_vectors[: len(int8_vectors)]),
             "before_optimisation_end_to_end": _cosine(old.vectors, fp32_vectors),
+            "pil_resize_end_to_end": _cosine(pil.vectors, fp32_vectors),
         },
     }

@@ -184,3 +184,28 @@ def test_batched_normalisation_matches_torchvision_transform(tiny_clip, digit_fo
         np.testing.assert_allclose(got, expected, atol=1e-5)
     with pytest.raises(ValueError, match="decoding must be"):
         embed_samples(samples, embedder, use_cache=False, progress=False, decoding="fibers")
+
+
+def test_pixel_stage_matches_the_pil_transform_on_photos() -> None:
+    """The tensor resize of the pixel stage stays within a few grey levels of torchvision's PIL path, on real
+    photos of every orientation, downscaled and upscaled; odd transforms keep running as given."""
+    import open_clip
+    import skimage.data
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from audit.embeddings import split_clip_transform
+
+    transform = open_clip.image_transform(224, is_train=False)
+    stage, mean, std = split_clip_transform(transform)
+    assert stage.fast is not None and mean == pytest.approx(open_clip.OPENAI_DATASET_MEAN)
+    reference = T.Compose(transform.transforms[:-2])
+    photo = Image.fromarray(skimage.data.chelsea())
+    for size in [(500, 375), (375, 500), (224, 224), (1000, 300), (300, 1000), (640, 1400), (40, 30)]:
+        image = photo.resize(size)
+        got, expected = stage(image).astype(int), np.asarray(reference(image)).astype(int)
+        assert got.shape == expected.shape == (224, 224, 3)
+        assert np.abs(got - expected).max() <= 3 and np.abs(got - expected).mean() < 0.2, size
+    padded = split_clip_transform(T.Compose([T.Resize(300), T.CenterCrop(400), T.ToTensor(), T.Normalize(mean, std)]))
+    assert padded is not None and padded[0](photo).shape == (400, 400, 3)  # a crop that pads: torchvision's path
+    assert split_clip_transform(T.Compose([T.ToTensor()])) is None
