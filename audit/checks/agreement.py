@@ -48,7 +48,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from audit.checks.base import CheckContext, CheckInputError, CheckResult, Requirement, json_safe, register
+from audit.checks.base import CheckContext, CheckInputError, CheckResult, Requirement, json_safe, merge_params, register
 from audit.checks.predictions import cross_validated_pred_probs
 
 DEFAULT_PARAMS: dict[str, Any] = {"low_agreement_threshold": 0.5, "folds": 5}
@@ -135,10 +135,7 @@ class AgreementCheck:
 
 
 def _merge_params(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise CheckInputError(f"unknown agreement parameter(s) {unknown}; known: {sorted(DEFAULT_PARAMS)}")
-    merged = {**DEFAULT_PARAMS, **params}
+    merged = merge_params("agreement", params, DEFAULT_PARAMS)
     threshold, folds = merged["low_agreement_threshold"], merged["folds"]
     if not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
         raise CheckInputError(f"checks.agreement.low_agreement_threshold must be in [0, 1]: {threshold!r}")

@@ -115,6 +115,14 @@ def register(check_class: type[Check]) -> type[Check]:
     return check_class
 
 
+def merge_params(check: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """A check's parameters over its defaults; an unknown name (a typo in the config) is an error, not ignored."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise CheckInputError(f"unknown {check} parameter(s) {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **given}
+
+
 def json_safe(value: Any) -> Any:
     """Convert numpy/pandas scalars and containers to plain JSON values; NaN and infinities become None."""
     if isinstance(value, dict):

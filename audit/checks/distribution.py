@@ -25,7 +25,7 @@ import pandas as pd
 from scipy.stats import chi2_contingency, entropy
 from scipy.stats.contingency import association
 
-from audit.checks.base import CheckContext, CheckInputError, CheckResult, Requirement, json_safe, register
+from audit.checks.base import CheckContext, CheckInputError, CheckResult, Requirement, json_safe, merge_params, register
 
 DEFAULT_PARAMS: dict[str, Any] = {"rare_share": None}
 
@@ -85,10 +85,7 @@ class DistributionCheck:
 
 
 def _merge_params(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise CheckInputError(f"unknown distribution parameter(s) {unknown}; known: {sorted(DEFAULT_PARAMS)}")
-    merged = {**DEFAULT_PARAMS, **params}
+    merged = merge_params("distribution", params, DEFAULT_PARAMS)
     rare = merged["rare_share"]
     if rare is not None and not (isinstance(rare, int | float) and 0 < rare < 1):
         raise CheckInputError(f"checks.distribution.rare_share must be a number in (0, 1), got {rare!r}")

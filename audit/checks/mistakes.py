@@ -71,7 +71,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from audit.checks.base import CheckContext, CheckInputError, CheckResult, Requirement, json_safe, register
+from audit.checks.base import CheckContext, CheckInputError, CheckResult, Requirement, json_safe, merge_params, register
 from audit.checks.predictions import cross_validated_pred_probs
 
 FILTER_RULES = (
@@ -225,10 +225,7 @@ def annotator_mistakes(annotations: pd.DataFrame, per_sample: pd.DataFrame) -> d
 
 
 def _params(given: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise CheckInputError(f"unknown mistakes parameter(s) {unknown}; known: {sorted(DEFAULTS)}")
-    params = {**DEFAULTS, **given}
+    params = merge_params("mistakes", given, DEFAULTS)
     folds = params["folds"]
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise CheckInputError(f"mistakes.folds must be an integer >= 2, got {folds!r}")
