@@ -52,7 +52,8 @@ def tests(session: nox.Session) -> None:
     """The whole test suite, browser, FiftyOne and notebook tests included (exit 5, no tests, fails too)."""
     _system_packages(session)
     _venv(session)
-    session.run(str(BIN / "pytest"), *(session.posargs or ["-q"]), external=True, env=_env())
+    # --durations: every CI log says where the time goes (the budget is in the README's Development section).
+    session.run(str(BIN / "pytest"), *(session.posargs or ["-q", "--durations=15"]), external=True, env=_env())
 
 
 @nox.session

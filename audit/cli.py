@@ -195,7 +195,7 @@ def fiftyone_export(
         help="FiftyOne dataset to write into [default: the run's own dataset, or one named after the source].")] = None,
 ) -> None:
     """Write the run's scores, suggested labels, tags, saved views and embeddings map into a FiftyOne dataset."""
-    from audit.fiftyone import export_run
+    from audit.integrations.fiftyone import export_run
 
     try:
         name = export_run(run_dir, dataset)
@@ -213,7 +213,7 @@ def app_launch(
     remote: Annotated[bool, typer.Option("--remote", help="Remote mode for a server: no browser is opened.")] = False,
 ) -> None:
     """Open the FiftyOne App on the suspected-mislabels view (writes the run into FiftyOne first if needed)."""
-    from audit.fiftyone import launch_app
+    from audit.integrations.fiftyone import launch_app
 
     try:
         launch_app(run_dir, dataset, address=address, port=port, remote=remote, wait=True)

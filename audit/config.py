@@ -32,9 +32,9 @@ class _Strict(BaseModel):
 class SourceConfig(_Strict):
     """Where the labelled images come from."""
 
-    kind: Literal["folder", "manifest", "fiftyone"] = Field(
-        description="folder: one sub-folder per class; manifest: CSV/Parquet with filepath,label[,split]; "
-        "fiftyone: an existing FiftyOne dataset"
+    kind: str = Field(
+        description="a registered source format (see audit/sources/): folder: one sub-folder per class; "
+        "manifest: CSV/Parquet with filepath,label[,split]; fiftyone: an existing FiftyOne dataset"
     )
     path: Path | None = Field(None, description="image folder root, or the manifest file")
     annotations: Path | None = Field(
@@ -49,10 +49,16 @@ class SourceConfig(_Strict):
 
     @model_validator(mode="after")
     def _needs(self) -> SourceConfig:
-        if self.kind in ("folder", "manifest") and self.path is None:
-            raise ValueError(f"source kind {self.kind!r} needs a path")
-        if self.kind == "fiftyone" and not self.dataset:
-            raise ValueError("source kind 'fiftyone' needs a dataset name")
+        import audit.sources  # noqa: F401  (registers the formats)
+        from audit.sources.table import FORMATS  # lazy: sources need this module only for type hints
+
+        form = FORMATS.get(self.kind)
+        if form is None:
+            raise ValueError(f"unknown source kind {self.kind!r}; known: {', '.join(sorted(FORMATS))}")
+        missing = [name for name in form.needs if not getattr(self, name)]
+        if missing:
+            what = " and ".join("a dataset name" if name == "dataset" else f"a {name}" for name in missing)
+            raise ValueError(f"source kind {self.kind!r} needs {what}")
         return self
 
 

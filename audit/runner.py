@@ -74,7 +74,7 @@ def load_pred_probs(config: AuditConfig, table: SampleTable) -> tuple[np.ndarray
             raise EmbedderError(f"predicted probabilities file {path} does not exist")
         return np.load(path, allow_pickle=False).astype(np.float64), f"user-supplied {path.name}"
     if config.pred_probs.field is not None:
-        from audit.fiftyone import load_field_array
+        from audit.sources.fiftyone_dataset import load_field_array
 
         if config.source.kind != "fiftyone":
             raise EmbedderError("--pred-probs-field needs a FiftyOne source")
@@ -98,7 +98,7 @@ def compute_embeddings(config: AuditConfig, table: SampleTable, progress: bool):
             vectors = load_precomputed(cfg.path, len(samples))
             where = str(cfg.path)
         elif cfg.field is not None:
-            from audit.fiftyone import load_field_array
+            from audit.sources.fiftyone_dataset import load_field_array
 
             if config.source.kind != "fiftyone":
                 raise EmbedderError("--embeddings-field needs a FiftyOne source")

@@ -37,6 +37,7 @@ import pandas as pd
 
 DIGIT_SETTINGS = [("symmetric", 0.05), ("symmetric", 0.10), ("symmetric", 0.20), ("pairs", 0.10)]
 QUICK_SETTINGS = [("symmetric", 0.10), ("pairs", 0.10)]
+QUICK_LIMIT = 600  # digits per setting in the quick (CI) form; the full form uses all 1,797
 KNN_NEIGHBOURS = 10
 LABEL_AUDIT = "label-audit"
 PEERS = ["cleanlab find_label_issues", "cleanlab Datalab", "FiftyOne compute_mistakenness", "kNN disagreement"]
@@ -121,12 +122,13 @@ def knn_disagreement(labels: np.ndarray, embeddings: np.ndarray, k: int = KNN_NE
 # ------------------------------------------------------------------------------------------------ digits
 
 
-def _digits_setting(root: Path, kind: str, noise: float, seed: int, with_fiftyone: bool) -> dict[str, Any]:
+def _digits_setting(root: Path, kind: str, noise: float, seed: int, with_fiftyone: bool,
+                    limit: int | None = None) -> dict[str, Any]:
     from audit.config import build_config
     from audit.demo import build_demo_dataset
     from audit.runner import run
 
-    data = build_demo_dataset(root / "data", noise=noise, noise_kind=kind, annotators=0, seed=seed)
+    data = build_demo_dataset(root / "data", noise=noise, noise_kind=kind, annotators=0, seed=seed, limit=limit)
     config = build_config(overrides={
         "source": {"kind": "manifest", "path": data.manifest},
         "embedder": {"kind": "pixels", "cache_dir": root / "cache"},
@@ -172,6 +174,8 @@ def _digits_setting(root: Path, kind: str, noise: float, seed: int, with_fiftyon
 
 
 def _label_errors_dataset(name: str, title: str, with_fiftyone: bool) -> dict[str, Any]:
+    """One of the human-validated test sets (10,000 samples each); FiftyOne's mistakenness on it takes ~30 s,
+    so the quick form leaves FiftyOne to the digits settings (``with_fiftyone=False`` here)."""
     from benchmarks import label_errors
 
     probs, labels, candidates = label_errors.load_dataset(label_errors.data_dir(), name)
@@ -211,9 +215,10 @@ def run_detection(quick: bool = False, seed: int = 0, with_fiftyone: bool = True
     datasets = []
     with tempfile.TemporaryDirectory(prefix="label-audit-bench-") as tmp:
         for i, (kind, noise) in enumerate(QUICK_SETTINGS if quick else DIGIT_SETTINGS):
-            datasets.append(_digits_setting(Path(tmp) / f"digits-{i}", kind, noise, seed, with_fiftyone))
+            datasets.append(_digits_setting(Path(tmp) / f"digits-{i}", kind, noise, seed, with_fiftyone,
+                                            limit=QUICK_LIMIT if quick else None))
     for name, title in label_errors.DATASETS.items():
-        datasets.append(_label_errors_dataset(name, title, with_fiftyone))
+        datasets.append(_label_errors_dataset(name, title, with_fiftyone and not quick))
     for data in datasets:
         data["verdict"] = verdict(data["methods"])
     return {"datasets": datasets, "knn_neighbours": KNN_NEIGHBOURS,

@@ -33,6 +33,12 @@ PHOTO_SIZE = (500, 375)
 BATCH = 64
 MODEL = "ViT-B-32"
 WEIGHTS_LABEL = "random weights (timing only)"
+# The quick (CI) form times a tiny open_clip config: it shows the code path works and the numbers are sane in
+# seconds on any CPU; the speed itself is the full form's job, with ViT-B-32.
+TINY_MODEL = "label-audit-bench-tiny"
+TINY_CONFIG = {"embed_dim": 64,
+               "vision_cfg": {"image_size": 64, "layers": 2, "width": 128, "patch_size": 16, "head_width": 32},
+               "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 32, "heads": 2, "layers": 1}}
 
 
 def _photos() -> list[np.ndarray]:
@@ -89,16 +95,34 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"min": float(cos.min()), "mean": float(cos.mean())}
 
 
-def run_speed(work_dir: Path, n_images: int = 512, seed: int = 0, rounds: int = 3) -> dict[str, Any]:
-    """Measure bare forward and end-to-end embedding throughput on ``n_images`` photos; see the module docstring."""
+def register_tiny_model(folder: Path) -> str:
+    """Register the quick form's tiny open_clip config (through a config .json, as users register theirs)."""
+    import json
+
+    import open_clip
+
+    config_file = folder / f"{TINY_MODEL}.json"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(json.dumps(TINY_CONFIG), encoding="utf-8")
+    open_clip.add_model_config(config_file)
+    return TINY_MODEL
+
+
+def run_speed(work_dir: Path, n_images: int = 512, seed: int = 0, rounds: int = 3,
+              model: str = MODEL) -> dict[str, Any]:
+    """Measure bare forward and end-to-end embedding throughput on ``n_images`` photos; see the module docstring.
+
+    ``model`` is an open_clip model name; ``TINY_MODEL`` (the quick form) is registered here first."""
     import open_clip
     import torch
 
     from audit.embeddings import clip_embedder, default_workers, embed_samples, split_clip_transform
 
     samples = make_photos(work_dir / "photos", n_images, seed)
+    if model == TINY_MODEL:
+        register_tiny_model(work_dir / "model")
     torch.manual_seed(seed)
-    net, _, preprocess = open_clip.create_model_and_transforms(MODEL, pretrained=None)
+    net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=None)
     visual = net.visual.eval()
     del net
     from PIL import Image
@@ -116,8 +140,8 @@ def run_speed(work_dir: Path, n_images: int = 512, seed: int = 0, rounds: int = 
     del int8_model
     bf16_model = copy.deepcopy(visual).to(torch.bfloat16)
 
-    identity = {"model": MODEL, "pretrained": None, "checkpoint": None, "weights": WEIGHTS_LABEL, "seed": seed}
-    embedder = clip_embedder(visual, preprocess, name=f"open_clip {MODEL} / {WEIGHTS_LABEL}", identity=identity,
+    identity = {"model": model, "pretrained": None, "checkpoint": None, "weights": WEIGHTS_LABEL, "seed": seed}
+    embedder = clip_embedder(visual, preprocess, name=f"open_clip {model} / {WEIGHTS_LABEL}", identity=identity,
                              device="cpu", note=WEIGHTS_LABEL)
     first = [embedder.preprocess(Image.open(p).convert("RGB")) for p in samples["filepath"][:BATCH]]
     embedder.forward(np.stack(first))  # kernels chosen on first use, as for the bare forward
@@ -146,7 +170,7 @@ def run_speed(work_dir: Path, n_images: int = 512, seed: int = 0, rounds: int = 
 
     cold_rate = n_images / cold.timings["total"]
     return {
-        "model": f"open_clip {MODEL}, {WEIGHTS_LABEL}",
+        "model": f"open_clip {model}, {WEIGHTS_LABEL}",
         "images": f"{n_images} JPEG photos {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} (q90) cut from scikit-image sample photos",
         "n_images": n_images,
         "batch_size": BATCH,

@@ -131,7 +131,7 @@ def test_missing_weights_are_a_clear_error(tiny_clip, tmp_path: Path, monkeypatc
 
 
 def test_auto_falls_back_to_pixels_and_says_so(monkeypatch) -> None:
-    import audit.embeddings as embeddings
+    import audit.embeddings.embedders as embeddings
 
     monkeypatch.setattr(embeddings, "clip_weights_available", lambda model, pretrained: False)
     embedder = build_embedder(EmbedderConfig(kind="auto"))

@@ -66,7 +66,9 @@ def test_detection_part(quick) -> None:
     assert any(n.startswith("digits, symmetric") for n in names) and any(n.startswith("digits, pairs") for n in names)
     assert any("CIFAR-10" in n for n in names) and any("MNIST" in n for n in names)
     for data in datasets:
-        expected = METHODS | ({"kNN disagreement"} if data["dataset"].startswith("digits") else set())
+        # The quick form runs FiftyOne's mistakenness on the digits only (on 10,000 samples it takes ~30 s).
+        on_digits = data["dataset"].startswith("digits")
+        expected = (METHODS | {"kNN disagreement"}) if on_digits else METHODS - {"FiftyOne compute_mistakenness"}
         assert set(data["methods"]) == expected
         for metrics in data["methods"].values():
             for key in ("precision", "recall", "f1", "auroc", "average_precision"):

@@ -1,4 +1,4 @@
-"""audit.fiftyone writing: fields, tags, saved views and brain results written into a real MongoDB through
+"""audit.integrations.fiftyone writing: fields, tags, saved views and brain results written into a real MongoDB through
 FiftyOne and read back; idempotence; a second run; an external mongod; the App in headless Chromium."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit import fiftyone as af
+from audit.integrations import fiftyone as af
 from audit.results import RunResults
 from tests.fiftyone_helpers import build_run, unique_name, write_digit_images
 
@@ -338,7 +338,7 @@ def test_external_mongodb_named_by_database_uri(fo, run, tmp_path):
         uri = f"mongodb://127.0.0.1:{port}"
         script = (
             "import json, sys, fiftyone as fo\n"
-            "from audit.fiftyone import export_run\n"
+            "from audit.integrations.fiftyone import export_run\n"
             "name = export_run(sys.argv[1], sys.argv[2])\n"
             "ds = fo.load_dataset(name)\n"
             "print(json.dumps({'uri': fo.config.database_uri, 'n': len(ds), 'views': ds.list_saved_views()}))\n"
