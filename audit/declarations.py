@@ -158,3 +158,12 @@ def lookup(summary: dict[str, Any], path: str) -> Any:
             return Unavailable(f"{'.'.join(walked)} is not available in this run")
         node = node[part]
     return node
+
+
+def as_number(value: Any, path: str) -> float | int | Unavailable:
+    """``value`` when it is a finite number, else :class:`Unavailable` naming ``path``."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return Unavailable(f"{path} is not available in this run")
+    return value

@@ -1,12 +1,17 @@
 """The release gate: check a run against thresholds so that CI can refuse a dataset whose labels got worse.
 
 The gate only *reads* a run folder (``summary.json``) and, optionally, the last released run; it never
-recomputes a metric. ``label-audit gate RUN_DIR [--baseline PREV] [--config FILE] [--set NAME=VALUE]`` and
-``label-audit run --gate`` exit 0 when every rule passes, 1 when one fails and 2 on bad input (a broken or
-unknown threshold, a missing run folder). The verdict is written beside the run as ``gate.json``, ``gate.xml``
-(JUnit: test suite "label-audit gate", one test case per rule) and ``gate.md`` (a Markdown table for CI job
-summaries) and recorded in ``summary.json`` under ``"gate"``; a report the run already has is rendered again
-so that its headline shows the verdict.
+recomputes a metric, and it names no check's metrics: every threshold is declared by the check (or source) that
+produces its metric (:class:`audit.declarations.Threshold`: config name, metric path, direction, kind of value,
+expansion over classes / annotators / split pairs), and the metrics the ``ratchet`` compares are declared the same
+way (:class:`audit.declarations.Ratchet`). ``label-audit gate --list`` prints every declared threshold.
+
+``label-audit gate RUN_DIR [--baseline PREV] [--config FILE] [--set NAME=VALUE]`` and ``label-audit run --gate``
+exit 0 when every rule passes, 1 when one fails and 2 on bad input (a broken or unknown threshold, a missing run
+folder). The verdict is written beside the run as ``gate.json``, ``gate.xml`` (JUnit: test suite "label-audit
+gate", one test case per rule) and ``gate.md`` (a Markdown table for CI job summaries) and recorded in
+``summary.json`` under ``"gate"``; a report the run already has is rendered again so that its headline shows the
+verdict.
 
 Thresholds live in the ``gate`` section of the same config file ``label-audit run`` reads (YAML, TOML, or
 ``[tool.label-audit.gate]`` in pyproject.toml) and can be overridden with ``--set NAME=VALUE`` (``none``
@@ -19,42 +24,11 @@ removes a threshold set in the file)::
       max_unreadable: 0
       ratchet: true
 
-Threshold names (each reads the summary key given; rates are shares in [0, 1], alpha/kappa in [-1, 1]):
+Besides the declared thresholds, three settings change how rules behave:
 
-``max_issue_rate``
-    Suspected-mislabel rate of the whole dataset may not exceed this (``checks.mistakes.issue_rate``).
-``max_class_issue_rate``
-    Same, for every class; one rule per class (``checks.mistakes.per_class.<class>.issue_rate``).
-``min_label_health``
-    cleanlab's overall label health score must reach this (``checks.mistakes.label_health``).
-``min_krippendorff_alpha`` / ``min_fleiss_kappa``
-    Inter-annotator agreement over all items (``checks.agreement.krippendorff_alpha`` / ``.fleiss_kappa``).
-``min_class_krippendorff_alpha`` / ``min_class_fleiss_kappa``
-    The same per class; one rule per class (``checks.agreement.per_class.<class>.krippendorff_alpha`` /
-    ``.fleiss_kappa``).
-``min_annotator_quality``
-    Every annotator's cleanlab quality score must reach this; one rule per annotator
-    (``checks.agreement.per_annotator.<annotator>.quality``).
-``max_class_share_shift``
-    No class's share of the dataset may move more than this (absolute difference of shares) against the
-    baseline; one rule per class in either run, a vanished or new class counting with share 0 on the side
-    that lacks it (``checks.distribution.classes.<class>.share`` of both runs). Without ``--baseline`` the
-    shifts the distribution check recorded against the run's own baseline are used
-    (``checks.distribution.baseline.deltas.<class>.share_delta``).
-``min_samples_per_class``
-    Every class must have at least this many samples; one rule per class
-    (``checks.distribution.classes.<class>.count``; a class in ``class_names`` without a count has 0).
-``max_unreadable``
-    At most this many samples may be unreadable: missing, empty, corrupt or truncated files
-    (``counts.unreadable``).
-``max_unreadable_rate``
-    At most this share of samples may be unreadable (``counts.unreadable / counts.samples``).
 ``ratchet``
-    ``true``: nothing may get worse than in the baseline (the last released run): ``issue_rate`` may not rise;
-    ``label_health``, ``krippendorff_alpha``, ``fleiss_kappa`` and the lowest annotator quality
-    (``min_annotator_quality``) may not fall. One rule each, for the metrics the *baseline* has (a baseline
-    without annotators has no agreement to ratchet against); a metric the baseline has but the run lacks
-    fails.
+    ``true``: no declared ratchet metric may get worse than in the baseline (the last released run). One rule each,
+    for the metrics the *baseline* has; a metric the baseline has but the run lacks fails.
 ``ratchet_tolerance``
     How much worse than the baseline a ratcheted metric may get before it fails (default 0).
 ``skip_missing``
@@ -63,8 +37,8 @@ Threshold names (each reads the summary key given; rates are shares in [0, 1], a
     "metric unavailable", because a gate that silently passes is worse than one that asks to be configured.
     ``true``: the rule is reported as skipped (JUnit ``<skipped>``) and does not fail the gate.
 
-A max rule passes when ``value <= threshold``, a min rule when ``value >= threshold``. A configuration with no
-rule at all is an error (exit 2), for the same reason.
+A max rule passes when ``value <= threshold``, a min rule when ``value >= threshold``. Rules appear in the order
+the thresholds were configured, ratchet rules last. A configuration with no rule at all is an error (exit 2).
 """
 
 from __future__ import annotations
@@ -80,34 +54,41 @@ from pathlib import Path
 from typing import Any, Literal
 
 from audit.config import ConfigError, read_config_file
+from audit.declarations import Ratchet, Threshold, Unavailable, ValueKind, lookup
 from audit.results import RunResults, atomic_write_text, update_summary
 
 GATE_JSON, GATE_JUNIT, GATE_MARKDOWN = "gate.json", "gate.xml", "gate.md"
 REPORT_FILE = "index.html"
 JUNIT_SUITE_NAME = "label-audit gate"
 
-Kind = Literal["rate", "coefficient", "count", "tolerance", "bool"]
+# Settings that change how rules behave but create none by themselves (``ratchet`` creates the ratchet rules).
+MODIFIERS: dict[str, ValueKind] = {"ratchet": "bool", "ratchet_tolerance": "tolerance", "skip_missing": "bool"}
 
-# name -> kind of value it takes. Order here is the order rules appear in the verdict.
-THRESHOLD_KINDS: dict[str, Kind] = {
-    "max_issue_rate": "rate",
-    "max_class_issue_rate": "rate",
-    "min_label_health": "rate",
-    "min_krippendorff_alpha": "coefficient",
-    "min_fleiss_kappa": "coefficient",
-    "min_class_krippendorff_alpha": "coefficient",
-    "min_class_fleiss_kappa": "coefficient",
-    "min_annotator_quality": "rate",
-    "max_class_share_shift": "rate",
-    "min_samples_per_class": "count",
-    "max_unreadable": "count",
-    "max_unreadable_rate": "rate",
-    "ratchet": "bool",
-    "ratchet_tolerance": "tolerance",
-    "skip_missing": "bool",
-}
-# Settings that change how rules behave but create none by themselves.
-MODIFIERS = {"ratchet_tolerance", "skip_missing"}
+
+def declared_thresholds() -> dict[str, Threshold]:
+    """Every threshold the sources and the registered checks declare, by config name."""
+    from audit.checks import REGISTRY
+    from audit.sources.table import THRESHOLDS as SOURCE_THRESHOLDS
+
+    out: dict[str, Threshold] = {}
+    for declared in [*SOURCE_THRESHOLDS, *(t for check in REGISTRY.values() for t in check.thresholds)]:
+        if declared.name in out or declared.name in MODIFIERS:
+            raise ValueError(f"gate threshold {declared.name!r} is declared twice")
+        out[declared.name] = declared
+    return out
+
+
+def declared_ratchets() -> list[Ratchet]:
+    """The metrics ``ratchet: true`` compares with the baseline, in check order."""
+    from audit.checks import REGISTRY
+
+    return [r for check in REGISTRY.values() for r in check.ratchets]
+
+
+def threshold_kinds() -> dict[str, ValueKind]:
+    """Config name -> kind of value, for every threshold and modifier the gate accepts."""
+    return {**{name: t.kind for name, t in declared_thresholds().items()}, **MODIFIERS}
+
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -170,17 +151,18 @@ def normalize_thresholds(
     ``where`` names the thresholds as a whole in messages; ``origin`` where each one came from.
     """
     origin = origin or {}
-    unknown = [name for name in raw if name not in THRESHOLD_KINDS]
+    kinds = threshold_kinds()
+    unknown = [name for name in raw if name not in kinds]
     if unknown:
         name = unknown[0]
-        close = difflib.get_close_matches(name, THRESHOLD_KINDS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(THRESHOLD_KINDS)}"
+        close = difflib.get_close_matches(name, kinds, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(kinds)}"
         raise GateConfigError(f"unknown gate threshold {name!r} in {origin.get(name, where)}{hint}")
     out: dict[str, Any] = {}
-    for name, kind in THRESHOLD_KINDS.items():
-        if name in raw and raw[name] is not None:
-            out[name] = _parse_value(name, kind, raw[name], origin.get(name, where))
-    if not any(name not in MODIFIERS and value is not False for name, value in out.items()):
+    for name, value in raw.items():  # the order the user gave is the order of the rules
+        if value is not None:
+            out[name] = _parse_value(name, kinds[name], value, origin.get(name, where))
+    if not any(name not in ("ratchet_tolerance", "skip_missing") and value is not False for name, value in out.items()):
         raise GateConfigError(
             f"no gate thresholds configured in {where}: add a `gate:` section to the config file "
             "(e.g. `max_issue_rate: 0.05`) or pass --set NAME=VALUE"
@@ -188,7 +170,7 @@ def normalize_thresholds(
     return out
 
 
-def _parse_value(name: str, kind: Kind, value: Any, where: str) -> Any:
+def _parse_value(name: str, kind: ValueKind, value: Any, where: str) -> Any:
     if kind == "bool":
         if isinstance(value, bool):
             return value
@@ -214,6 +196,7 @@ def _parse_value(name: str, kind: Kind, value: Any, where: str) -> Any:
         "rate": (0.0, 1.0, "a share between 0 and 1"),
         "coefficient": (-1.0, 1.0, "an agreement coefficient between -1 and 1"),
         "tolerance": (0.0, math.inf, "a number >= 0"),
+        "number": (-math.inf, math.inf, "a number"),
     }[kind]
     if not low <= number <= high:
         raise GateConfigError(f"gate threshold {name!r} in {where} must be {what}, got {value!r}")
@@ -397,13 +380,6 @@ def write_verdict(run_dir: str | Path, verdict: GateVerdict, refresh_report: boo
 # ------------------------------------------------------------------------------------------- evaluation
 
 
-class _Missing:
-    """Why a metric is unavailable (a value that is not a number)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
 def evaluate(run: RunResults, baseline: RunResults | None, thresholds: dict[str, Any]) -> GateVerdict:
     """Check ``run`` against ``thresholds`` (as from :func:`load_thresholds`; validated again here).
 
@@ -412,117 +388,21 @@ def evaluate(run: RunResults, baseline: RunResults | None, thresholds: dict[str,
     run
         The run to gate.
     baseline
-        The last released run, for ``max_class_share_shift`` and ``ratchet``; None when there is none.
+        The last released run, for shift and ratchet rules; None when there is none.
     thresholds
         Threshold name -> value, see the module docstring.
     """
     thresholds = normalize_thresholds(dict(thresholds))
+    declared = declared_thresholds()
     rules = _Rules(skip_missing=bool(thresholds.get("skip_missing", False)))
-    summary = run.summary
-
-    mistakes = _check(summary, "mistakes")
-    agreement = _check(summary, "agreement")
-    distribution = _check(summary, "distribution")
-
-    if "max_issue_rate" in thresholds:
-        rules.add(
-            "max_issue_rate",
-            "checks.mistakes.issue_rate",
-            _key(mistakes, "mistakes", "issue_rate"),
-            thresholds["max_issue_rate"],
-            "<=",
-            "suspected-mislabel rate",
-        )
-    if "max_class_issue_rate" in thresholds:
-        rules.per_key(
-            "max_class_issue_rate",
-            "checks.mistakes.per_class.{}.issue_rate",
-            _per(mistakes, "mistakes", "per_class", "issue_rate", run.class_names),
-            thresholds["max_class_issue_rate"],
-            "<=",
-            "suspected-mislabel rate of class {}",
-        )
-    if "min_label_health" in thresholds:
-        rules.add(
-            "min_label_health",
-            "checks.mistakes.label_health",
-            _key(mistakes, "mistakes", "label_health"),
-            thresholds["min_label_health"],
-            ">=",
-            "label health score",
-        )
-    for coefficient, label in (
-        ("krippendorff_alpha", "Krippendorff's alpha"),
-        ("fleiss_kappa", "Fleiss' kappa"),
-    ):
-        name = f"min_{coefficient}"
-        if name in thresholds:
-            rules.add(
-                name,
-                f"checks.agreement.{coefficient}",
-                _key(agreement, "agreement", coefficient),
-                thresholds[name],
-                ">=",
-                label,
-            )
-        name = f"min_class_{coefficient}"
-        if name in thresholds:
-            rules.per_key(
-                name,
-                f"checks.agreement.per_class.{{}}.{coefficient}",
-                _per(agreement, "agreement", "per_class", coefficient, run.class_names),
-                thresholds[name],
-                ">=",
-                f"{label} of class {{}}",
-            )
-    if "min_annotator_quality" in thresholds:
-        rules.per_key(
-            "min_annotator_quality",
-            "checks.agreement.per_annotator.{}.quality",
-            _per(agreement, "agreement", "per_annotator", "quality", []),
-            thresholds["min_annotator_quality"],
-            ">=",
-            "quality of annotator {}",
-        )
-    if "max_class_share_shift" in thresholds:
-        rules.per_key(
-            "max_class_share_shift",
-            "checks.distribution.classes.{}.share",
-            _share_shifts(run, baseline, distribution),
-            thresholds["max_class_share_shift"],
-            "<=",
-            "share shift of class {}",
-        )
-    if "min_samples_per_class" in thresholds:
-        rules.per_key(
-            "min_samples_per_class",
-            "checks.distribution.classes.{}.count",
-            _class_counts(run, distribution),
-            thresholds["min_samples_per_class"],
-            ">=",
-            "samples of class {}",
-        )
-    if "max_unreadable" in thresholds:
-        rules.add(
-            "max_unreadable",
-            "counts.unreadable",
-            _unreadable(summary, rate=False),
-            thresholds["max_unreadable"],
-            "<=",
-            "unreadable samples",
-        )
-    if "max_unreadable_rate" in thresholds:
-        rules.add(
-            "max_unreadable_rate",
-            "counts.unreadable/counts.samples",
-            _unreadable(summary, rate=True),
-            thresholds["max_unreadable_rate"],
-            "<=",
-            "share of unreadable samples",
-        )
+    before = baseline.summary if baseline is not None else None
+    for name, value in thresholds.items():
+        if name in MODIFIERS:
+            continue
+        threshold = declared[name]
+        rules.add_threshold(threshold, _values(threshold, run.summary, before), value)
     if thresholds.get("ratchet"):
         _ratchet(rules, run, baseline, float(thresholds.get("ratchet_tolerance", 0.0)))
-
     return GateVerdict(
         rules=rules.rules,
         thresholds=thresholds,
@@ -540,31 +420,15 @@ class _Rules:
         self.skip_missing = skip_missing
         self.rules: list[GateRule] = []
 
-    def add(
-        self,
-        name: str,
-        metric: str,
-        value: Any,
-        threshold: float | int | None,
-        op: Literal["<=", ">="],
-        label: str,
-    ) -> None:
-        if isinstance(value, _Missing):
+    def add(self, name: str, metric: str, value: Any, threshold: float | int | None, op: Literal["<=", ">="],
+            label: str) -> None:
+        if isinstance(value, Unavailable):
             message = f"metric unavailable: {value.reason}"
             if self.skip_missing:
                 self.rules.append(GateRule(name, metric, None, threshold, op, True, f"skipped, {message}", True))
             else:
-                self.rules.append(
-                    GateRule(
-                        name,
-                        metric,
-                        None,
-                        threshold,
-                        op,
-                        False,
-                        f"{message} (set skip_missing: true to skip such rules)",
-                    )
-                )
+                self.rules.append(GateRule(name, metric, None, threshold, op, False,
+                                           f"{message} (set skip_missing: true to skip such rules)"))
             return
         passed = value <= threshold if op == "<=" else value >= threshold
         if passed:
@@ -574,193 +438,135 @@ class _Rules:
             message = f"{label} {_fmt(value)} is {bound} {_fmt(threshold)}"
         self.rules.append(GateRule(name, metric, value, threshold, op, bool(passed), message))
 
-    def per_key(
-        self,
-        name: str,
-        metric: str,
-        values: dict[str, Any] | _Missing,
-        threshold: float | int,
-        op: Literal["<=", ">="],
-        label: str,
-    ) -> None:
-        """One rule per class/annotator, named ``name[key]``; a single rule when the table is missing."""
-        if not isinstance(values, _Missing) and not values:
-            values = _Missing(f"{metric.split('.{}')[0]} is empty in this run")
-        if isinstance(values, _Missing):
-            self.add(name, metric.replace(".{}", ""), values, threshold, op, label.format("?"))
+    def add_threshold(self, threshold: Threshold, values: Any, limit: float | int) -> None:
+        """One rule, or one per key (``name[key]``) for a per-key threshold; a single rule when the table is
+        missing or empty."""
+        if not threshold.per_key:
+            self.add(threshold.name, threshold.metric, values, limit, threshold.op, threshold.label)
+            return
+        table = threshold.metric.split(".{key}")[0]
+        if not isinstance(values, Unavailable) and not values:
+            values = Unavailable(f"{table} is empty in this run")
+        if isinstance(values, Unavailable):
+            self.add(threshold.name, table, values, limit, threshold.op, threshold.label.format(key="?"))
             return
         for key, value in values.items():
-            self.add(f"{name}[{key}]", metric.format(key), value, threshold, op, label.format(repr(key)))
+            self.add(f"{threshold.name}[{key}]", threshold.metric.format(key=key), value, limit, threshold.op,
+                     threshold.label.format(key=repr(key)))
 
 
-def _check(summary: dict[str, Any], name: str) -> dict[str, Any] | _Missing:
-    metrics = summary.get("checks", {}).get(name)
+def _check_state(summary: dict[str, Any], path: str) -> Unavailable | None:
+    """Why the check a ``checks.<name>...`` path belongs to has no metrics (did not run, was skipped), if so."""
+    parts = path.split(".")
+    if len(parts) < 2 or parts[0] != "checks":
+        return None
+    metrics = (summary.get("checks") or {}).get(parts[1])
     if metrics is None:
-        return _Missing(f"the {name} check did not run")
-    if "skipped" in metrics:
-        return _Missing(f"the {name} check was skipped ({metrics['skipped']})")
-    return metrics
+        return Unavailable(f"the {parts[1]} check did not run")
+    if isinstance(metrics, dict) and "skipped" in metrics:
+        return Unavailable(f"the {parts[1]} check was skipped ({metrics['skipped']})")
+    return None
 
 
-def _number(value: Any, where: str, why: str | None = None) -> float | int | _Missing:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return _Missing(f"{where} is not available in this run" + (f" ({why})" if why else ""))
-    return value
-
-
-def _null_reason(metrics: dict[str, Any], check: str, key: str) -> str | None:
-    """The reason a check recorded for a null metric (``null_reasons``: by metric, or for the whole check)."""
-    reasons = metrics.get("null_reasons")
+def _null_reason(summary: dict[str, Any], path: str) -> str | None:
+    """The reason a check recorded for a null metric (``null_reasons``: by metric name, or for the whole check)."""
+    parts = path.split(".")
+    if len(parts) < 2 or parts[0] != "checks":
+        return None
+    reasons = ((summary.get("checks") or {}).get(parts[1]) or {}).get("null_reasons")
     if not isinstance(reasons, dict):
         return None
-    reason = reasons.get(key) or reasons.get(check)
+    reason = reasons.get(parts[-1]) or reasons.get(parts[1])
     return str(reason) if reason else None
 
 
-def _key(metrics: dict[str, Any] | _Missing, check: str, key: str) -> float | int | _Missing:
-    if isinstance(metrics, _Missing):
-        return metrics
-    return _number(metrics.get(key), f"checks.{check}.{key}", _null_reason(metrics, check, key))
+def _number(summary: dict[str, Any], value: Any, path: str) -> float | int | Unavailable:
+    if isinstance(value, Unavailable):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        why = _null_reason(summary, path)
+        return Unavailable(f"{path} is not available in this run" + (f" ({why})" if why else ""))
+    return value
 
 
-def _per(
-    metrics: dict[str, Any] | _Missing, check: str, table: str, key: str, expected: list[str]
-) -> dict[str, Any] | _Missing:
-    """``metrics[table][k][key]`` for each k (plus any ``expected`` key absent from the table)."""
-    if isinstance(metrics, _Missing):
-        return metrics
-    rows = metrics.get(table)
-    if not isinstance(rows, dict) or not rows:
-        return _Missing(f"checks.{check}.{table} is not available in this run")
-    why = _null_reason(metrics, check, key)
-    keys = list(rows) + [k for k in expected if k not in rows]
-    return {k: _number((rows.get(k) or {}).get(key), f"checks.{check}.{table}.{k}.{key}", why) for k in keys}
+def _values(threshold: Threshold, summary: dict[str, Any], baseline: dict[str, Any] | None) -> Any:
+    """The value (or ``{key: value}``) a threshold checks, or :class:`Unavailable`."""
+    if threshold.compute is not None:
+        state = _check_state(summary, threshold.metric)
+        if state is not None:
+            return state
+        return threshold.compute(summary, baseline)
+    state = _check_state(summary, threshold.metric)
+    if state is not None:
+        return state
+    if not threshold.per_key:
+        return _number(summary, lookup(summary, threshold.metric), threshold.metric)
+    table_path, _, leaf = threshold.metric.partition(".{key}")
+    table = lookup(summary, table_path)
+    if not isinstance(table, dict):
+        return Unavailable(f"{table_path} is not available in this run")
+    keys = [str(k) for k in table]
+    if threshold.keys_from == "class_names":
+        keys += [c for c in summary.get("class_names", []) if c not in table]
+    out: dict[str, Any] = {}
+    for key in keys:
+        path = threshold.metric.format(key=key)
+        if key not in table and threshold.absent_value is not None:
+            out[key] = threshold.absent_value
+            continue
+        row = table.get(key)
+        value = lookup(row, leaf.lstrip(".")) if leaf and isinstance(row, dict) else (row if not leaf else None)
+        out[key] = _number(summary, None if isinstance(value, Unavailable) else value, path)
+    return out
 
 
-def _class_counts(run: RunResults, distribution: dict[str, Any] | _Missing) -> dict[str, Any] | _Missing:
-    if isinstance(distribution, _Missing):
-        return distribution
-    classes = distribution.get("classes")
-    if not isinstance(classes, dict):
-        return _Missing("checks.distribution.classes is not available in this run")
-    names = list(classes) + [c for c in run.class_names if c not in classes]
-    return {
-        c: _number((classes.get(c) or {"count": 0}).get("count"), f"checks.distribution.classes.{c}.count")
-        for c in names
-    }
-
-
-def _shares(metrics: dict[str, Any] | _Missing) -> dict[str, float] | _Missing:
-    if isinstance(metrics, _Missing):
-        return metrics
-    classes = metrics.get("classes")
-    if not isinstance(classes, dict) or not classes:
-        return _Missing("checks.distribution.classes is not available")
-    shares = {c: (row or {}).get("share") for c, row in classes.items()}
-    bad = [c for c, share in shares.items() if isinstance(_number(share, ""), _Missing)]
-    if bad:
-        return _Missing(f"checks.distribution.classes.{bad[0]}.share is not available")
-    return shares
-
-
-def _share_shifts(
-    run: RunResults, baseline: RunResults | None, distribution: dict[str, Any] | _Missing
-) -> dict[str, Any] | _Missing:
-    """|share in run - share in baseline| per class; without a baseline, the deltas the run recorded."""
-    if baseline is None:
-        recorded = None if isinstance(distribution, _Missing) else distribution.get("baseline")
-        deltas = (recorded or {}).get("deltas") if isinstance(recorded, dict) else None
-        if not deltas:
-            return _Missing("max_class_share_shift needs a baseline run (pass --baseline PREVIOUS_RUN_DIR)")
-        shifts: dict[str, Any] = {}
-        for name, delta in deltas.items():
-            value = _number((delta or {}).get("share_delta"), f"checks.distribution.baseline.deltas.{name}.share_delta")
-            shifts[name] = value if isinstance(value, _Missing) else abs(value)
-        return shifts
-    now = _shares(distribution)
-    before = _shares(_check(baseline.summary, "distribution"))
-    if isinstance(now, _Missing):
-        return now
-    if isinstance(before, _Missing):
-        return _Missing(f"baseline {baseline.name!r}: {before.reason}")
-    classes = list(now) + [c for c in before if c not in now]
-    return {c: abs(float(now.get(c, 0.0)) - float(before.get(c, 0.0))) for c in classes}
-
-
-def _unreadable(summary: dict[str, Any], rate: bool) -> float | int | _Missing:
-    counts = summary.get("counts") or {}
-    unreadable = _number(counts.get("unreadable"), "counts.unreadable")
-    if not rate or isinstance(unreadable, _Missing):
-        return unreadable
-    total = _number(counts.get("samples"), "counts.samples")
-    if isinstance(total, _Missing) or total <= 0:
-        return _Missing("counts.samples is not available (or 0) in this run")
-    return unreadable / total
-
-
-# metric -> (summary key, True when higher is better)
-RATCHETED: dict[str, tuple[str, bool]] = {
-    "issue_rate": ("checks.mistakes.issue_rate", False),
-    "label_health": ("checks.mistakes.label_health", True),
-    "krippendorff_alpha": ("checks.agreement.krippendorff_alpha", True),
-    "fleiss_kappa": ("checks.agreement.fleiss_kappa", True),
-    "min_annotator_quality": ("min of checks.agreement.per_annotator.*.quality", True),
-}
-
-
-def _ratchet_metrics(run: RunResults) -> dict[str, float | int | _Missing]:
-    mistakes, agreement = _check(run.summary, "mistakes"), _check(run.summary, "agreement")
-    qualities = _per(agreement, "agreement", "per_annotator", "quality", [])
-    if isinstance(qualities, _Missing):
-        lowest: float | int | _Missing = qualities
-    else:
-        missing = [q for q in qualities.values() if isinstance(q, _Missing)]
-        lowest = missing[0] if missing else min(qualities.values())
-    return {
-        "issue_rate": _key(mistakes, "mistakes", "issue_rate"),
-        "label_health": _key(mistakes, "mistakes", "label_health"),
-        "krippendorff_alpha": _key(agreement, "agreement", "krippendorff_alpha"),
-        "fleiss_kappa": _key(agreement, "agreement", "fleiss_kappa"),
-        "min_annotator_quality": lowest,
-    }
+def _ratchet_value(summary: dict[str, Any], ratchet: Ratchet) -> float | int | Unavailable:
+    state = _check_state(summary, ratchet.metric)
+    if state is not None:
+        return state
+    if "*" not in ratchet.metric:
+        return _number(summary, lookup(summary, ratchet.metric), ratchet.metric)
+    table_path, _, leaf = ratchet.metric.partition(".*")
+    table = lookup(summary, table_path)
+    if not isinstance(table, dict) or not table:
+        return Unavailable(f"{table_path} is not available in this run")
+    values = []
+    for key, row in table.items():
+        path = f"{table_path}.{key}{leaf}"
+        value = _number(summary, lookup(row, leaf.lstrip(".")) if isinstance(row, dict) else None, path)
+        if isinstance(value, Unavailable):
+            return value
+        values.append(value)
+    return min(values) if ratchet.reduce != "max" else max(values)
 
 
 def _ratchet(rules: _Rules, run: RunResults, baseline: RunResults | None, tolerance: float) -> None:
-    """One rule per metric the baseline has: the run may not be worse than the baseline by more than
-    ``tolerance``."""
+    """One rule per declared ratchet metric the baseline has: the run may not be worse by more than ``tolerance``."""
+    ratchets = declared_ratchets()
     if baseline is None:
-        rules.add(
-            "ratchet",
-            "baseline",
-            _Missing("ratchet needs a baseline run (pass --baseline PREVIOUS_RUN_DIR)"),
-            None,
-            "<=",
-            "ratchet",
-        )
+        rules.add("ratchet", "baseline",
+                  Unavailable("ratchet needs a baseline run (pass --baseline PREVIOUS_RUN_DIR)"), None, "<=", "ratchet")
         return
-    now, before = _ratchet_metrics(run), _ratchet_metrics(baseline)
     compared = 0
-    for metric, (key, higher_is_better) in RATCHETED.items():
-        previous = before[metric]
-        if isinstance(previous, _Missing):
+    for ratchet in ratchets:
+        previous = _ratchet_value(baseline.summary, ratchet)
+        if isinstance(previous, Unavailable):
             continue  # nothing released to ratchet against
         compared += 1
-        threshold = previous - tolerance if higher_is_better else previous + tolerance
-        op: Literal["<=", ">="] = ">=" if higher_is_better else "<="
-        value = now[metric]
-        if isinstance(value, _Missing):
-            value = _Missing(f"{value.reason}, but baseline {baseline.name!r} has {metric} = {_fmt(previous)}")
-        label = f"{metric} (baseline {baseline.name!r}: {_fmt(previous)}, tolerance {_fmt(tolerance)})"
-        rules.add(f"ratchet[{metric}]", key, value, threshold, op, label)
+        higher = ratchet.higher_is_better
+        threshold = previous - tolerance if higher else previous + tolerance
+        op: Literal["<=", ">="] = ">=" if higher else "<="
+        value = _ratchet_value(run.summary, ratchet)
+        if isinstance(value, Unavailable):
+            value = Unavailable(f"{value.reason}, but baseline {baseline.name!r} has {ratchet.name} = {_fmt(previous)}")
+        label = f"{ratchet.name} (baseline {baseline.name!r}: {_fmt(previous)}, tolerance {_fmt(tolerance)})"
+        metric = ratchet.metric if "*" not in ratchet.metric else f"{ratchet.reduce or 'min'} of {ratchet.metric}"
+        rules.add(f"ratchet[{ratchet.name}]", metric, value, threshold, op, label)
     if not compared:
-        rules.add(
-            "ratchet",
-            "baseline",
-            _Missing(f"baseline {baseline.name!r} has none of the ratcheted metrics ({', '.join(RATCHETED)})"),
-            None,
-            "<=",
-            "ratchet",
-        )
+        names = ", ".join(r.name for r in ratchets)
+        rules.add("ratchet", "baseline",
+                  Unavailable(f"baseline {baseline.name!r} has none of the ratcheted metrics ({names})"),
+                  None, "<=", "ratchet")
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -43,19 +43,42 @@ Parameters (``[checks.agreement]``): ``low_agreement_threshold`` (default 0.5), 
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from audit.checks.base import CheckContext, CheckInputError, CheckResult, Requirement, json_safe, merge_params, register
+from audit.checks.base import (
+    Check,
+    CheckContext,
+    CheckInputError,
+    CheckResult,
+    Requirement,
+    json_safe,
+    merge_params,
+    register,
+)
 from audit.checks.predictions import cross_validated_pred_probs
+from audit.declarations import (
+    FiftyOneField,
+    FiftyOneSpec,
+    FiftyOneTag,
+    FiftyOneView,
+    Ratchet,
+    ReportSection,
+    Threshold,
+    Tile,
+)
+
+if TYPE_CHECKING:
+    from audit.presentation import SectionInput
+    from audit.results import RunResults
 
 DEFAULT_PARAMS: dict[str, Any] = {"low_agreement_threshold": 0.5, "folds": 5}
 
 
 @register
-class AgreementCheck:
+class AgreementCheck(Check):
     """Agreement statistics between annotators and a consensus label per sample."""
 
     name: ClassVar[str] = "agreement"
@@ -64,6 +87,59 @@ class AgreementCheck:
         "Inter-annotator agreement (percent agreement, Cohen's and Fleiss' kappa, Krippendorff's alpha, "
         "overall and per class) and cleanlab's quality-weighted consensus label with per-annotator quality."
     )
+    thresholds: ClassVar[tuple[Threshold, ...]] = (
+        Threshold("min_krippendorff_alpha", "checks.agreement.krippendorff_alpha", ">=", "coefficient",
+                  "Krippendorff's alpha", "inter-annotator agreement over all items"),
+        Threshold("min_fleiss_kappa", "checks.agreement.fleiss_kappa", ">=", "coefficient", "Fleiss' kappa",
+                  "inter-annotator agreement over all items"),
+        Threshold("min_class_krippendorff_alpha", "checks.agreement.per_class.{key}.krippendorff_alpha", ">=",
+                  "coefficient", "Krippendorff's alpha of class {key}", "the same per class (one versus the rest)",
+                  keys_from="class_names"),
+        Threshold("min_class_fleiss_kappa", "checks.agreement.per_class.{key}.fleiss_kappa", ">=", "coefficient",
+                  "Fleiss' kappa of class {key}", "the same per class (one versus the rest)",
+                  keys_from="class_names"),
+        Threshold("min_annotator_quality", "checks.agreement.per_annotator.{key}.quality", ">=", "rate",
+                  "quality of annotator {key}", "every annotator's cleanlab quality score (one rule per annotator)"),
+    )
+    ratchets: ClassVar[tuple[Ratchet, ...]] = (
+        Ratchet("krippendorff_alpha", "checks.agreement.krippendorff_alpha", higher_is_better=True),
+        Ratchet("fleiss_kappa", "checks.agreement.fleiss_kappa", higher_is_better=True),
+        Ratchet("min_annotator_quality", "checks.agreement.per_annotator.*.quality", higher_is_better=True,
+                reduce="min"),
+    )
+    report_sections: ClassVar[tuple[ReportSection, ...]] = (
+        ReportSection("agreement", "Agreement", "_agreement.html.j2", lambda si: agreement_section(si), 50),
+    )
+    fiftyone: ClassVar[FiftyOneSpec] = FiftyOneSpec(
+        fields=(
+            FiftyOneField("label_audit_consensus", "classification",
+                          "annotators' consensus label, with its cleanlab consensus quality",
+                          lambda run: _classifications(run, "agreement_consensus_label",
+                                                       "agreement_consensus_quality")),
+            FiftyOneField("label_audit_agreement", "float",
+                          "share of this sample's annotators agreeing with the consensus",
+                          lambda run: _floats(run, "agreement_rate")),
+            FiftyOneField("label_audit_low_agreement", "bool", "annotators agree too little on this sample",
+                          lambda run: low_agreement_mask(run).tolist() if "agreement_rate" in run.samples
+                          else [None] * len(run.samples)),
+        ),
+        tags=(FiftyOneTag("low_agreement", lambda run: low_agreement_mask(run)),),
+        views=(FiftyOneView("la-low-agreement", "Samples the annotators disagree on, least agreement first",
+                            lambda dataset, F: dataset.match(F("label_audit_low_agreement") == True)  # noqa: E712
+                            .sort_by("label_audit_agreement"),
+                            applies=lambda run: "agreement_rate" in run.samples.columns),),
+    )
+
+    @classmethod
+    def tiles(cls, state: dict[str, Any]) -> list[Tile]:
+        from audit.presentation import format_float, format_number, format_percent
+
+        if state["status"] != "ok":
+            return [Tile("Annotator agreement", "—", state["reason"])]
+        m = state["metrics"]
+        return [Tile("Annotator agreement", f"α = {format_float(m.get('krippendorff_alpha'))}",
+                     f"Fleiss κ {format_float(m.get('fleiss_kappa'))} · {format_percent(m.get('percent_agreement'))} "
+                     f"raw, {format_number(m.get('n_annotators'))} annotators")]
 
     def run(self, context: CheckContext) -> CheckResult:
         params = _merge_params(context.params)
@@ -402,3 +478,117 @@ def consensus_pred_probs(context: CheckContext, majority: pd.Series, annotated: 
     probs[train], _, source, _ = cross_validated_pred_probs(embeddings[train], targets[train].astype(int), k, folds,
                                                             seed=context.seed)
     return probs, source + " (majority-vote targets)", None, train
+
+
+# ------------------------------------------------------------------------------------- report and FiftyOne
+
+DEFAULT_LOW_AGREEMENT = DEFAULT_PARAMS["low_agreement_threshold"]
+
+
+def low_agreement_mask(run: RunResults) -> np.ndarray:
+    """Samples whose annotators agree too little, as this check counts them (``n_low_agreement``): an agreement
+    rate below its ``low_agreement_threshold``."""
+    samples = run.samples
+    if "agreement_rate" not in samples.columns:
+        return np.zeros(len(samples), dtype=bool)
+    metrics = run.check_metrics("agreement") or {}
+    threshold = float(metrics.get("low_agreement_threshold", DEFAULT_LOW_AGREEMENT))
+    rate = pd.to_numeric(samples["agreement_rate"], errors="coerce").to_numpy(dtype=float)
+    return np.isfinite(rate) & (rate < threshold)
+
+
+def _floats(run: RunResults, column: str) -> list[float | None]:
+    if column not in run.samples.columns:
+        return [None] * len(run.samples)
+    values = pd.to_numeric(run.samples[column], errors="coerce").to_numpy(dtype=float)
+    return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def _classifications(run: RunResults, label: str, confidence: str) -> list[tuple[str, float | None] | None]:
+    samples = run.samples
+    if label not in samples.columns:
+        return [None] * len(samples)
+    confidences = _floats(run, confidence)
+    return [None if lab is None or (isinstance(lab, float) and np.isnan(lab)) else (str(lab), conf)
+            for lab, conf in zip(samples[label].tolist(), confidences, strict=True)]
+
+
+def kappa_figure(run: RunResults) -> Any:
+    """Pairwise Cohen's kappa between annotators (blank where a pair shares too few images)."""
+    import plotly.graph_objects as go
+
+    from audit.presentation import has_check, layout, plot_text
+
+    if not has_check(run, "agreement"):
+        return None
+    kappa = run.check_metrics("agreement").get("cohen_kappa_matrix") or {}
+    names = kappa.get("annotators") or []
+    matrix = kappa.get("matrix")
+    if len(names) < 2 or not matrix:
+        return None
+    z = np.array([[np.nan if v is None else float(v) for v in row] for row in matrix])
+    labels = [plot_text(n) for n in names]
+    figure = go.Figure(go.Heatmap(
+        z=z, x=labels, y=labels, zmin=0, zmax=1, colorscale="RdYlGn", texttemplate="%{z:.2f}",
+        hoverongaps=False, colorbar={"title": {"text": "κ"}},
+        hovertemplate="%{y} × %{x}: κ = %{z:.3f}<extra></extra>",
+    ))
+    side = min(560, 180 + 48 * len(labels))
+    figure.update_layout(**layout(
+        height=side, width=side + 140, xaxis={"type": "category"},
+        yaxis={"type": "category", "autorange": "reversed"},
+    ))
+    return figure
+
+
+def annotator_quality_figure(run: RunResults) -> Any:
+    """Each annotator's agreement with the consensus and cleanlab quality score, side by side."""
+    import plotly.graph_objects as go
+
+    from audit.presentation import has_check, layout, plot_text
+
+    if not has_check(run, "agreement"):
+        return None
+    per_annotator = run.check_metrics("agreement").get("per_annotator") or {}
+    if not per_annotator:
+        return None
+    table = pd.DataFrame(per_annotator).T
+    names = [plot_text(n) for n in table.index]
+    figure = go.Figure()
+    for column, title, colour in (("agreement_with_consensus", "agreement with consensus", "#4477AA"),
+                                  ("quality", "annotator quality (cleanlab)", "#228833")):
+        if column in table:
+            figure.add_bar(x=names, y=pd.to_numeric(table[column], errors="coerce"), name=title,
+                           marker_color=colour, hovertemplate="%{x}: %{y:.3f}<extra>" + title + "</extra>")
+    figure.update_layout(**layout(height=300, barmode="group", yaxis={"range": [0, 1]},
+                                  xaxis={"type": "category", "title": "annotator"},
+                                  legend={"orientation": "h", "y": 1.15, "x": 0}))
+    return figure
+
+
+def agreement_section(si: SectionInput) -> dict[str, Any]:
+    """Agreement figures and per-annotator / per-class tables (with the mistakes check's per-annotator counts)."""
+    from audit.presentation import check_state, figure_json
+
+    run = si.run
+    metrics = si.state["metrics"]
+    per_class = [{"name": c, **v} for c, v in sorted((metrics.get("per_class") or {}).items())]
+    annotator_mistakes = check_state(run, "mistakes")["metrics"].get("annotator_mistakes") or {}
+    per_annotator = []
+    for name, values in sorted((metrics.get("per_annotator") or {}).items()):
+        flagged = annotator_mistakes.get(name) or {}
+        per_annotator.append({"name": name, **values, "n_mistakes": flagged.get("n_mistakes"),
+                              "mistake_rate": flagged.get("rate")})
+    low = metrics.get("n_low_agreement")
+    threshold = metrics.get("low_agreement_threshold")
+    if low is None and threshold is not None and "agreement_rate" in run.samples:
+        low = int((run.samples["agreement_rate"] < float(threshold)).sum())
+    return {
+        "state": si.state,
+        "metrics": metrics,
+        "kappa_figure": figure_json(kappa_figure(run)),
+        "quality_figure": figure_json(annotator_quality_figure(run)),
+        "per_class": per_class,
+        "per_annotator": per_annotator,
+        "n_low_agreement": low,
+    }

@@ -1,9 +1,14 @@
 """The contract every audit check follows, and the one registry they join.
 
-A check is a small object with a ``name``, the inputs it ``requires`` and a ``run(context)`` that returns a
+A check is a small class with a ``name``, the inputs it ``requires`` and a ``run(context)`` that returns a
 :class:`CheckResult`. Checks never see the orchestrator and never write files: the runner validates and joins
-their outputs into the run's per-sample table and summary. Adding a check is one new module under
-``audit/checks/`` that calls :func:`register`, plus its import in ``audit/checks/__init__.py``.
+their outputs into the run's per-sample table and summary.
+
+Besides computing, a check *declares* what it offers downstream (see :mod:`audit.declarations`): its gate
+``thresholds`` and ``ratchets``, its ``report_sections`` and headline ``tiles``, and what it writes into FiftyOne
+(``fiftyone``). The gate, the report and the FiftyOne export loop over these declarations, so adding a check is one
+new module under ``audit/checks/`` (a subclass of :class:`Check` decorated with :func:`register`, imported in
+``audit/checks/__init__.py``) plus its report template.
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
+
+from audit.declarations import FiftyOneSpec, Ratchet, ReportSection, Threshold, Tile
 
 if TYPE_CHECKING:
     from audit.results import RunResults
@@ -94,14 +101,33 @@ class CheckResult:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-class Check(Protocol):
-    """A registered audit check."""
+class Check:
+    """Base class of a registered audit check: the contract, with empty declarations by default.
+
+    Subclasses set ``name``, ``requires`` and ``description``, implement :meth:`run`, and declare what they offer:
+    ``thresholds`` / ``ratchets`` (gate), ``report_sections`` and :meth:`tiles` (report), ``fiftyone`` (export).
+    """
 
     name: ClassVar[str]
-    requires: ClassVar[tuple[Requirement, ...]]
-    description: ClassVar[str]
+    requires: ClassVar[tuple[Requirement, ...]] = ()
+    description: ClassVar[str] = ""
+    thresholds: ClassVar[tuple[Threshold, ...]] = ()
+    ratchets: ClassVar[tuple[Ratchet, ...]] = ()
+    report_sections: ClassVar[tuple[ReportSection, ...]] = ()
+    fiftyone: ClassVar[FiftyOneSpec] = FiftyOneSpec()
 
-    def run(self, context: CheckContext) -> CheckResult: ...
+    def run(self, context: CheckContext) -> CheckResult:
+        raise NotImplementedError
+
+    @classmethod
+    def tiles(cls, state: dict[str, Any]) -> list[Tile]:
+        """Headline figures for the report from this check's state (``status``, ``metrics``, ``reason``)."""
+        return []
+
+    @classmethod
+    def facts(cls, state: dict[str, Any]) -> list[tuple[str, str]]:
+        """Lines for the report's summary facts list, as ``(term, text)``."""
+        return []
 
 
 REGISTRY: dict[str, type[Check]] = {}

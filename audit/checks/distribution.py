@@ -18,20 +18,76 @@ rare_share
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from scipy.stats import chi2_contingency, entropy
 from scipy.stats.contingency import association
 
-from audit.checks.base import CheckContext, CheckInputError, CheckResult, Requirement, json_safe, merge_params, register
+from audit.checks.base import (
+    Check,
+    CheckContext,
+    CheckInputError,
+    CheckResult,
+    Requirement,
+    json_safe,
+    merge_params,
+    register,
+)
+from audit.declarations import ReportSection, Threshold, Unavailable, as_number
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from audit.presentation import SectionInput
+    from audit.results import RunResults
 
 DEFAULT_PARAMS: dict[str, Any] = {"rare_share": None}
 
 
+def share_shift(summary: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, Any] | Unavailable:
+    """|share in the run - share in the baseline| per class, a vanished or new class counting with share 0 on the
+    side that lacks it; without a baseline, the deltas the distribution check recorded against its own."""
+    metrics = summary["checks"]["distribution"]
+    if baseline is None:
+        recorded = metrics.get("baseline")
+        deltas = recorded.get("deltas") if isinstance(recorded, dict) else None
+        if not deltas:
+            return Unavailable("max_class_share_shift needs a baseline run (pass --baseline PREVIOUS_RUN_DIR)")
+        shifts: dict[str, Any] = {}
+        for name, delta in deltas.items():
+            path = f"checks.distribution.baseline.deltas.{name}.share_delta"
+            value = as_number((delta or {}).get("share_delta"), path)
+            shifts[name] = value if isinstance(value, Unavailable) else abs(value)
+        return shifts
+    now = _shares(metrics)
+    before_metrics = (baseline.get("checks") or {}).get("distribution")
+    name = baseline.get("run_name")
+    if not isinstance(before_metrics, dict) or "skipped" in before_metrics:
+        return Unavailable(f"baseline {name!r}: the distribution check did not run there")
+    before = _shares(before_metrics)
+    if isinstance(now, Unavailable):
+        return now
+    if isinstance(before, Unavailable):
+        return Unavailable(f"baseline {name!r}: {before.reason}")
+    classes = list(now) + [c for c in before if c not in now]
+    return {c: abs(float(now.get(c, 0.0)) - float(before.get(c, 0.0))) for c in classes}
+
+
+def _shares(metrics: dict[str, Any]) -> dict[str, float] | Unavailable:
+    classes = metrics.get("classes")
+    if not isinstance(classes, dict) or not classes:
+        return Unavailable("checks.distribution.classes is not available")
+    shares = {c: (row or {}).get("share") for c, row in classes.items()}
+    bad = [c for c, share in shares.items() if isinstance(as_number(share, ""), Unavailable)]
+    if bad:
+        return Unavailable(f"checks.distribution.classes.{bad[0]}.share is not available")
+    return shares
+
+
 @register
-class DistributionCheck:
+class DistributionCheck(Check):
     """Counts, shares, imbalance and entropy of the labels, per split, and the shift against the baseline."""
 
     name: ClassVar[str] = "distribution"
@@ -39,6 +95,18 @@ class DistributionCheck:
     description: ClassVar[str] = (
         "Class counts and shares overall and per split, imbalance ratio, normalised entropy, rare classes, "
         "classes missing from a split, and a chi-square test of the label shift since the baseline run."
+    )
+    thresholds: ClassVar[tuple[Threshold, ...]] = (
+        Threshold("max_class_share_shift", "checks.distribution.classes.{key}.share", "<=", "rate",
+                  "share shift of class {key}",
+                  "no class's share may move more than this against the baseline (one rule per class; without "
+                  "--baseline, the shift the run recorded against its own baseline)", compute=share_shift),
+        Threshold("min_samples_per_class", "checks.distribution.classes.{key}.count", ">=", "count",
+                  "samples of class {key}", "every class must have at least this many samples (one rule per class)",
+                  keys_from="class_names", absent_value=0),
+    )
+    report_sections: ClassVar[tuple[ReportSection, ...]] = (
+        ReportSection("distribution", "Distribution", "_distribution.html.j2", lambda si: build_section(si), 10),
     )
 
     def run(self, context: CheckContext) -> CheckResult:
@@ -178,3 +246,132 @@ def compare_with_baseline(current: pd.Series, previous: pd.Series, run_name: str
     else:
         out["chi2_note"] = "a chi-square test needs two classes and labelled samples in both runs"
     return out
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+
+def label_counts(run: RunResults) -> pd.Series:
+    """Samples per class as this check counted them, else from the stored labels."""
+    metrics = run.check_metrics("distribution") or {}
+    classes = metrics.get("classes") if "skipped" not in metrics else None
+    if classes:
+        return pd.Series({str(c): int(v["count"]) for c, v in classes.items()}, dtype=int)
+    return run.samples["label"].dropna().astype(str).value_counts()
+
+
+def shift_against(run: RunResults, baseline: RunResults | None) -> dict[str, Any] | None:
+    """The label-shift comparison: the check's own when it compared with this baseline, else the same function
+    applied to the two runs' stored labels."""
+    stored = (run.check_metrics("distribution") or {}).get("baseline")
+    if baseline is None:
+        return stored if isinstance(stored, dict) else None
+    if isinstance(stored, dict) and stored.get("run_name") == baseline.name:
+        return stored
+    return compare_with_baseline(label_counts(run).sort_index(), label_counts(baseline).sort_index(), baseline.name)
+
+
+def shift_rows(shift: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per-class deltas, largest move first."""
+    if not shift or not shift.get("deltas"):
+        return []
+    rows = [{"name": c, **d} for c, d in shift["deltas"].items()]
+    rows.sort(key=lambda r: (-abs(r.get("share_delta") or 0.0), r["name"]))
+    return rows
+
+
+def class_counts_by_split(run: RunResults) -> pd.DataFrame:
+    """Counts per class (rows) and split (columns): from this check when it ran, else from the labels."""
+    from audit.presentation import has_check
+
+    metrics = run.check_metrics("distribution") if has_check(run, "distribution") else None
+    per_split = (metrics or {}).get("per_split")
+    if per_split:
+        table = pd.DataFrame({split: {c: v["count"] for c, v in classes.items()}
+                              for split, classes in per_split.items()})
+    else:
+        samples = run.samples
+        labelled = samples[samples["label"].notna()]
+        table = pd.crosstab(labelled["label"].astype(str), labelled["split"].astype(str))
+    table = table.fillna(0).astype(int)
+    table.index = table.index.astype(str)
+    return table.sort_index()
+
+
+def distribution_figure(run: RunResults, previous_counts: pd.Series | None = None,
+                        max_classes: int = 60) -> go.Figure | None:
+    """Share of each class per split, with the previous run's overall share beside it.
+
+    Shares rather than counts make runs (and splits) of different sizes comparable; the counts are in the hover.
+    With more than ``max_classes`` classes, the largest ones are drawn (the report says so).
+    """
+    import plotly.graph_objects as go
+
+    from audit.presentation import PALETTE, layout, plot_text
+
+    table = class_counts_by_split(run)
+    if table.empty:
+        return None
+    totals = table.sum(axis=1)
+    if previous_counts is not None:
+        totals = totals.add(previous_counts, fill_value=0)
+    classes = list(totals.sort_values(ascending=False).index[:max_classes])
+    classes.sort()
+    table = table.reindex(classes, fill_value=0)
+    x = [plot_text(c) for c in classes]
+    figure = go.Figure()
+    for i, split in enumerate(table.columns):
+        counts = table[split]
+        shares = counts / counts.sum() if counts.sum() else counts.astype(float)
+        figure.add_bar(
+            x=x, y=shares.to_numpy(), customdata=counts.to_numpy(), name=plot_text(f"{split} (this run)"),
+            marker_color=PALETTE[i % len(PALETTE)],
+            hovertemplate="class %{x}<br>%{y:.1%} of the split<br>%{customdata} samples<extra>%{fullData.name}</extra>",
+        )
+    if previous_counts is not None and previous_counts.sum() > 0:
+        before = previous_counts.reindex(classes, fill_value=0)
+        figure.add_bar(
+            x=x, y=(before / previous_counts.sum()).to_numpy(), customdata=before.to_numpy(),
+            name="previous run (all splits)", marker={"color": "rgba(90,90,90,0.35)",
+                                                      "line": {"color": "#555", "width": 1}},
+            hovertemplate="class %{x}<br>%{y:.1%} last run<br>%{customdata} samples<extra></extra>",
+        )
+    figure.update_layout(**layout(
+        barmode="group", height=360, yaxis={"title": "share of samples", "tickformat": ".0%"},
+        xaxis={"title": "class", "type": "category"}, legend={"orientation": "h", "y": 1.12, "x": 0},
+    ))
+    return figure
+
+
+def build_section(si: SectionInput) -> dict[str, Any]:
+    """The report's distribution section (shown even when the check did not run: counted from the labels)."""
+    from audit.presentation import figure_json
+
+    run, baseline, limits = si.run, si.baseline, si.limits
+    metrics = si.state["metrics"]
+    shift = shift_against(run, baseline)
+    previous = None
+    if baseline is not None:
+        previous = label_counts(baseline)
+    elif shift and shift.get("deltas"):
+        previous = pd.Series({c: d["previous_count"] for c, d in shift["deltas"].items()}, dtype=int)
+    by_split = class_counts_by_split(run)
+    totals = by_split.sum(axis=1)
+    share = totals / totals.sum() if totals.sum() else totals.astype(float)
+    rows = []
+    for name in by_split.index:
+        delta = (shift or {}).get("deltas", {}).get(name) or {}
+        rows.append({"name": name, "count": int(totals[name]), "share": float(share[name]),
+                     "splits": [int(by_split.at[name, s]) for s in by_split.columns],
+                     "previous_share": delta.get("previous_share"), "share_delta": delta.get("share_delta"),
+                     "rare": name in (metrics.get("rare_classes") or [])})
+    return {
+        "state": si.state,
+        "metrics": metrics,
+        "splits": list(by_split.columns),
+        "rows": rows,
+        "figure": figure_json(distribution_figure(run, previous, limits.distribution_classes)),
+        "capped": len(by_split.index) > limits.distribution_classes,
+        "shift": shift,
+        "shift_rows": shift_rows(shift),
+    }

@@ -71,8 +71,27 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from audit.checks.base import CheckContext, CheckInputError, CheckResult, Requirement, json_safe, merge_params, register
+from audit.checks.base import (
+    Check,
+    CheckContext,
+    CheckInputError,
+    CheckResult,
+    Requirement,
+    json_safe,
+    merge_params,
+    register,
+)
 from audit.checks.predictions import cross_validated_pred_probs
+from audit.declarations import (
+    FiftyOneField,
+    FiftyOneSpec,
+    FiftyOneTag,
+    FiftyOneView,
+    Ratchet,
+    ReportSection,
+    Threshold,
+    Tile,
+)
 
 FILTER_RULES = (
     "prune_by_noise_rate",
@@ -94,7 +113,7 @@ TOP_OVERLAPPING_PAIRS = 10
 
 
 @register
-class MistakesCheck:
+class MistakesCheck(Check):
     """Flag samples whose label disagrees with out-of-sample predictions (cleanlab confident learning)."""
 
     name: ClassVar[str] = "mistakes"
@@ -103,6 +122,65 @@ class MistakesCheck:
         "likely label mistakes: cross-validated predictions on the embeddings (or your own predicted "
         "probabilities) checked against the labels with cleanlab confident learning"
     )
+    thresholds: ClassVar[tuple[Threshold, ...]] = (
+        Threshold("max_issue_rate", "checks.mistakes.issue_rate", "<=", "rate", "suspected-mislabel rate",
+                  "suspected-mislabel rate of the whole dataset"),
+        Threshold("max_class_issue_rate", "checks.mistakes.per_class.{key}.issue_rate", "<=", "rate",
+                  "suspected-mislabel rate of class {key}", "the same, one rule per class", keys_from="class_names"),
+        Threshold("min_label_health", "checks.mistakes.label_health", ">=", "rate", "label health score",
+                  "cleanlab's overall label health score"),
+    )
+    ratchets: ClassVar[tuple[Ratchet, ...]] = (
+        Ratchet("issue_rate", "checks.mistakes.issue_rate", higher_is_better=False),
+        Ratchet("label_health", "checks.mistakes.label_health", higher_is_better=True),
+    )
+    report_sections: ClassVar[tuple[ReportSection, ...]] = (
+        ReportSection("gallery", "Suspects", "_gallery.html.j2", lambda si: gallery_section(si), 30),
+        ReportSection("suggestions", "Given vs suggested", "_suggestions.html.j2",
+                      lambda si: suggestions_section(si), 40),
+        ReportSection("pairs", "Confused pairs", "_pairs.html.j2", lambda si: pairs_section(si), 60),
+    )
+    fiftyone: ClassVar[FiftyOneSpec] = FiftyOneSpec(
+        fields=(
+            FiftyOneField("label_audit_quality", "float", "label quality 0..1 (cleanlab); low means likely mislabelled",
+                          lambda run: _column(run, "mistakes_label_quality")),
+            FiftyOneField("label_audit_issue", "bool", "flagged as a likely label error",
+                          lambda run: _issue_mask(run.samples).tolist() if "mistakes_is_issue" in run.samples
+                          else [None] * len(run.samples)),
+            FiftyOneField("label_audit_suggested", "classification",
+                          "most likely label by the out-of-sample model, with its probability",
+                          lambda run: _pairs_of(run, "mistakes_suggested_label", "mistakes_suggested_prob")),
+        ),
+        tags=(FiftyOneTag("suspected_mislabel", lambda run: _issue_mask(run.samples)),),
+        views=(FiftyOneView("la-suspected-mislabels", "Likely label errors, lowest label quality first",
+                            lambda dataset, F: dataset.match(F("label_audit_issue") == True)  # noqa: E712
+                            .sort_by("label_audit_quality")),),
+        dynamic_views=lambda run: confused_pair_views(run),
+    )
+
+    @classmethod
+    def tiles(cls, state: dict[str, Any]) -> list[Tile]:
+        from audit.presentation import format_number, format_percent
+
+        if state["status"] != "ok":
+            return [Tile("Suspected mislabels", "—", f"mistakes check {state['status']}")]
+        m = state["metrics"]
+        return [Tile("Suspected mislabels", format_number(m.get("n_issues")),
+                     f"{format_percent(m.get('issue_rate'))} of audited samples",
+                     "warn" if m.get("n_issues") else "good"),
+                Tile("Label health", format_percent(m.get("label_health")), "cleanlab overall label health score")]
+
+    @classmethod
+    def facts(cls, state: dict[str, Any]) -> list[tuple[str, str]]:
+        from audit.presentation import format_percent, format_value
+
+        if state["status"] != "ok":
+            return []
+        m = state["metrics"]
+        text = format_value(m.get("pred_probs_source"))
+        if m.get("cv_accuracy") is not None:
+            text += f" · cross-validated accuracy {format_percent(m['cv_accuracy'])}"
+        return [("Mislabel model", f"{text} · audited label: {format_value(m.get('audited'))}")]
 
     def run(self, context: CheckContext) -> CheckResult:
         params = _params(context.params)
@@ -389,3 +467,176 @@ def _confusion(labels: np.ndarray, suggested: np.ndarray, is_issue: np.ndarray, 
     for (given, guess), count in sorted(Counter(zip(labels[is_issue], suggested[is_issue], strict=True)).items()):
         out.setdefault(class_names[given], {})[class_names[guess]] = int(count)
     return out
+
+
+# ------------------------------------------------------------------------------------- report and FiftyOne
+
+
+def _issue_mask(samples: pd.DataFrame) -> np.ndarray:
+    if "mistakes_is_issue" not in samples.columns:
+        return np.zeros(len(samples), dtype=bool)
+    return samples["mistakes_is_issue"].fillna(False).astype(bool).to_numpy()
+
+
+def _column(run: Any, name: str) -> list[Any]:
+    if name not in run.samples.columns:
+        return [None] * len(run.samples)
+    return [None if v is None or (isinstance(v, float) and not np.isfinite(v)) else v
+            for v in run.samples[name].tolist()]
+
+
+def _pairs_of(run: Any, label: str, confidence: str) -> list[tuple[str, float | None] | None]:
+    return [(str(lab), None if conf is None else float(conf)) if lab is not None else None
+            for lab, conf in zip(_column(run, label), _column(run, confidence), strict=True)]
+
+
+def confused_pairs(run: Any, limit: int = 10) -> list[tuple[str, str]]:
+    """Class pairs to review side by side: cleanlab's overlapping pairs that have flagged samples, in its order;
+    without that list, the pairs with the most flagged samples."""
+    samples = run.samples
+    if "mistakes_is_issue" not in samples.columns:
+        return []
+    issues = samples[_issue_mask(samples)]
+    counts: dict[frozenset[str], int] = {}
+    for given, suggested in zip(issues["mistakes_audited_label"].astype(str),
+                                issues["mistakes_suggested_label"].astype(str), strict=True):
+        if given != suggested:
+            key = frozenset((given, suggested))
+            counts[key] = counts.get(key, 0) + 1
+    metrics = run.check_metrics("mistakes") or {}
+    listed = metrics.get("overlapping_class_pairs") if isinstance(metrics, dict) else None
+    if listed:
+        pairs = [(str(p["class_a"]), str(p["class_b"])) for p in listed]
+        pairs = [p for p in pairs if counts.get(frozenset(p), 0) > 0]
+    else:
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], sorted(kv[0])))
+        pairs = [tuple(sorted(k)) for k, _ in ranked]
+    return pairs[:limit]
+
+
+def confused_pair_views(run: Any) -> list[FiftyOneView]:
+    """One saved view per confused class pair with flagged samples, worst first."""
+
+    def view(a: str, b: str) -> FiftyOneView:
+        def build(dataset: Any, F: Any) -> Any:
+            label, suggested = F("label_audit_label"), F("label_audit_suggested.label")
+            pair = ((label == a) & (suggested == b)) | ((label == b) & (suggested == a))
+            return dataset.match((F("label_audit_issue") == True) & pair).sort_by("label_audit_quality")  # noqa: E712
+
+        description = f"Likely label errors between classes {a!r} and {b!r}, worst first"
+        return FiftyOneView(f"la-confused-{a}-vs-{b}", description, build)
+
+    return [view(a, b) for a, b in confused_pairs(run)]
+
+
+def suggestion_matrix(run: Any, max_classes: int = 30) -> pd.DataFrame | None:
+    """Counts of suspected mislabels by audited label (rows) and suggested label (columns), from ``confusion``;
+    only classes that take part in an issue, and with more than ``max_classes`` of those, the most involved."""
+    from audit.presentation import has_check
+
+    if not has_check(run, "mistakes"):
+        return None
+    confusion = run.check_metrics("mistakes").get("confusion") or {}
+    table = pd.DataFrame(confusion).T.fillna(0)
+    if table.empty or table.to_numpy().sum() == 0:
+        return None
+    table.index = table.index.astype(str)
+    table.columns = table.columns.astype(str)
+    involvement = table.sum(axis=1).add(table.sum(axis=0), fill_value=0)
+    classes = sorted(involvement.sort_values(ascending=False).index[:max_classes])
+    return table.reindex(index=classes, columns=classes, fill_value=0).astype(int)
+
+
+def suggestion_figure(run: Any, max_classes: int = 30) -> Any:
+    """Heatmap of given (audited) versus suggested label among the suspected mislabels."""
+    import plotly.graph_objects as go
+
+    from audit.presentation import layout, plot_text
+
+    table = suggestion_matrix(run, max_classes)
+    if table is None:
+        return None
+    labels = [plot_text(c) for c in table.index]
+    z = table.to_numpy().astype(float)
+    z[z == 0] = np.nan  # empty cells stay white
+    figure = go.Figure(go.Heatmap(
+        z=z, x=labels, y=labels, colorscale="Blues", texttemplate="%{z:.0f}", hoverongaps=False,
+        colorbar={"title": {"text": "samples"}},
+        hovertemplate="given %{y} → suggested %{x}: %{z:.0f}<extra></extra>",
+    ))
+    side = min(640, 160 + 34 * len(labels))
+    figure.update_layout(**layout(
+        height=side, xaxis={"title": "suggested label", "type": "category", "side": "bottom"},
+        yaxis={"title": "given label", "type": "category", "autorange": "reversed"},
+    ))
+    return figure
+
+
+def class_issue_figure(run: Any, max_classes: int = 60) -> Any:
+    """Share of each class's samples flagged as likely mislabelled."""
+    import plotly.graph_objects as go
+
+    from audit.presentation import has_check, layout, plot_text
+
+    if not has_check(run, "mistakes"):
+        return None
+    per_class = run.check_metrics("mistakes").get("per_class") or {}
+    if not per_class:
+        return None
+    table = pd.DataFrame(per_class).T
+    table = table.sort_values("issue_rate", ascending=False).head(max_classes)
+    figure = go.Figure(go.Bar(
+        x=[plot_text(c) for c in table.index], y=table["issue_rate"].astype(float),
+        customdata=np.stack([table["n_issues"].astype(int), table["n"].astype(int)], axis=1),
+        marker_color="#EE6677",
+        hovertemplate="class %{x}: %{y:.1%}<br>%{customdata[0]} of %{customdata[1]} samples<extra></extra>",
+    ))
+    figure.update_layout(**layout(height=300, yaxis={"title": "suspected mislabels", "tickformat": ".0%"},
+                                  xaxis={"title": "class (most affected first)", "type": "category"}))
+    return figure
+
+
+def gallery_section(si: Any) -> dict[str, Any]:
+    """The worst suspects as cards (thumbnail, given, suggested, score)."""
+    from audit.presentation import format_value, is_missing
+
+    suspects, limits = si.suspects, si.limits
+    shown = suspects.head(limits.gallery)
+    thumbs = si.thumbnails(list(shown.index))
+    cards = []
+    for sample_id, row in shown.iterrows():
+        audited = row.get("audited_label")
+        cards.append({
+            "id": sample_id,
+            "src": thumbs.get(sample_id),
+            "label": format_value(row.get("label")),
+            "audited": format_value(audited) if not is_missing(audited) and audited != row.get("label") else None,
+            "suggested": format_value(row.get("suggested_label")),
+            "suggested_prob": row.get("suggested_prob"),
+            "score": row.get("label_quality"),
+            "split": format_value(row.get("split")),
+            "filepath": format_value(row.get("filepath")),
+            "rank": int(row["rank"]),
+        })
+    return {"state": si.state, "cards": cards, "n_total": len(suspects), "capped": len(suspects) > limits.gallery,
+            "metrics": si.state["metrics"]}
+
+
+def suggestions_section(si: Any) -> dict[str, Any]:
+    from audit.presentation import figure_json
+
+    run, limits = si.run, si.limits
+    matrix = suggestion_matrix(run, limits.matrix_classes) if si.state["status"] == "ok" else None
+    confusion = si.state["metrics"].get("confusion") or {}
+    involved = set(confusion) | {s for row in confusion.values() for s in row}
+    return {
+        "state": si.state,
+        "figure": figure_json(suggestion_figure(run, limits.matrix_classes)),
+        "class_figure": figure_json(class_issue_figure(run)),
+        "capped": matrix is not None and len(involved) > limits.matrix_classes,
+        "n_classes": len(involved),
+    }
+
+
+def pairs_section(si: Any) -> dict[str, Any]:
+    return {"state": si.state, "rows": list(si.state["metrics"].get("overlapping_class_pairs") or [])}

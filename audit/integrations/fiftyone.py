@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from audit.declarations import FiftyOneField, FiftyOneTag, FiftyOneView
+
 
 def _fo():
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
@@ -32,58 +34,76 @@ def _fo():
 # export replaces exactly what the first wrote and leaves the user's own fields and tags alone.
 # ----------------------------------------------------------------------------------------------------
 
+# The export's own fields, tags and views; each check declares its own (``Check.fiftyone``) and this module writes
+# them all. Everything is namespaced, so a second export replaces exactly what the first wrote.
 FIELD_RUN = "label_audit_run"
 FIELD_LABEL = "label_audit_label"
 FIELD_SPLIT = "label_audit_split"
-FIELD_QUALITY = "label_audit_quality"
-FIELD_ISSUE = "label_audit_issue"
-FIELD_SUGGESTED = "label_audit_suggested"
-FIELD_CONSENSUS = "label_audit_consensus"
-FIELD_AGREEMENT = "label_audit_agreement"
-FIELD_LOW_AGREEMENT = "label_audit_low_agreement"
 FIELD_PROBLEMS = "label_audit_problems"
 FIELD_UMAP = "label_audit_umap"
-
-TAG_MISLABEL = "suspected_mislabel"
-TAG_LOW_AGREEMENT = "low_agreement"
 TAG_UNREADABLE = "unreadable"
-OUR_TAGS = (TAG_MISLABEL, TAG_LOW_AGREEMENT, TAG_UNREADABLE)
 
 VIEW_PREFIX = "la-"
-VIEW_SUSPECTS = "la-suspected-mislabels"
-VIEW_LOW_AGREEMENT = "la-low-agreement"
+VIEW_SUSPECTS = "la-suspected-mislabels"  # the view the App opens on (declared by the mistakes check)
 VIEW_UNREADABLE = "la-unreadable"
 VISUALIZATION_KEY = "label_audit_umap"
 SIMILARITY_KEY = "label_audit_similarity"
 WORKSPACE = "label-audit"
 DEFAULT_LABEL_FIELD = "ground_truth"
-DEFAULT_LOW_AGREEMENT = 0.5
 INFO_KEY = "label_audit"
+_FIELD_TYPES = {"float": "FloatField", "bool": "BooleanField", "string": "StringField"}
 
 
 class FiftyOneExportError(ValueError):
     """The run cannot be written into the chosen FiftyOne dataset; the message says why and what to do."""
 
 
+def declared() -> tuple[list[FiftyOneField], list[FiftyOneTag], list[FiftyOneView], list[Any]]:
+    """The export's own fields, tags and views, then every registered check's, and the checks' dynamic views."""
+    from audit.checks import REGISTRY
+    from audit.sources import UNREADABLE
+
+    fields = [
+        FiftyOneField(FIELD_RUN, "string", "label-audit run the label_audit_* fields come from",
+                      lambda run: [run.name] * len(run.samples)),
+        FiftyOneField(FIELD_LABEL, "string", "label audited: annotators' consensus when there are annotators, "
+                      "else the dataset's label", _audited_labels),
+        FiftyOneField(FIELD_SPLIT, "string", "split of the sample in the run (all when none)",
+                      lambda run: _column(run.samples, "split")),
+        FiftyOneField(FIELD_PROBLEMS, "string_list",
+                      "problems found reading the sample (missing_file, corrupt_image, ...)", _problem_lists),
+    ]
+    tags = [FiftyOneTag(TAG_UNREADABLE, lambda run: _unreadable_mask(run.samples))]
+    views = [FiftyOneView(VIEW_UNREADABLE,
+                          "Samples that could not be read (missing, empty, corrupt or truncated files)",
+                          lambda dataset, F: dataset.match(F(FIELD_PROBLEMS).contains(sorted(UNREADABLE))))]
+    dynamic = []
+    for check in REGISTRY.values():
+        fields += check.fiftyone.fields
+        tags += check.fiftyone.tags
+        views += check.fiftyone.views
+        if check.fiftyone.dynamic_views is not None:
+            dynamic.append(check.fiftyone.dynamic_views)
+    return fields, tags, views, dynamic
+
+
+def our_tags() -> tuple[str, ...]:
+    """Every tag an export may set (and removes where it no longer applies)."""
+    return tuple(tag.name for tag in declared()[1])
+
+
 def _field_specs(fo) -> dict[str, tuple[Any, dict[str, Any], str]]:
     """Our sample fields: type, type arguments, and the description shown in the App's sidebar."""
-    classification = {"embedded_doc_type": fo.Classification}
-    return {
-        FIELD_RUN: (fo.StringField, {}, "label-audit run the label_audit_* fields come from"),
-        FIELD_LABEL: (fo.StringField, {}, "label audited: annotators' consensus when there are annotators, "
-                      "else the dataset's label"),
-        FIELD_SPLIT: (fo.StringField, {}, "split of the sample in the run (all when none)"),
-        FIELD_QUALITY: (fo.FloatField, {}, "label quality 0..1 (cleanlab); low means likely mislabelled"),
-        FIELD_ISSUE: (fo.BooleanField, {}, "flagged as a likely label error"),
-        FIELD_SUGGESTED: (fo.EmbeddedDocumentField, classification,
-                          "most likely label by the out-of-sample model, with its probability"),
-        FIELD_CONSENSUS: (fo.EmbeddedDocumentField, classification,
-                          "annotators' consensus label, with its cleanlab consensus quality"),
-        FIELD_AGREEMENT: (fo.FloatField, {}, "share of this sample's annotators agreeing with the consensus"),
-        FIELD_LOW_AGREEMENT: (fo.BooleanField, {}, "annotators agree too little on this sample"),
-        FIELD_PROBLEMS: (fo.ListField, {"subfield": fo.StringField},
-                         "problems found reading the sample (missing_file, corrupt_image, ...)"),
-    }
+    specs: dict[str, tuple[Any, dict[str, Any], str]] = {}
+    for field in declared()[0]:
+        if field.kind == "classification":
+            specs[field.name] = (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Classification},
+                                 field.description)
+        elif field.kind == "string_list":
+            specs[field.name] = (fo.ListField, {"subfield": fo.StringField}, field.description)
+        else:
+            specs[field.name] = (getattr(fo, _FIELD_TYPES[field.kind]), {}, field.description)
+    return specs
 
 
 def _ensure_fields(dataset, fo) -> None:
@@ -126,18 +146,6 @@ def _column(samples: pd.DataFrame, name: str) -> list[Any]:
     return [_clean(v) for v in samples[name].tolist()]
 
 
-def low_agreement_mask(run) -> np.ndarray:
-    """Samples whose annotators agree too little, as the agreement check counts them (``n_low_agreement``):
-    an agreement rate below its ``low_agreement_threshold``."""
-    samples = run.samples
-    if "agreement_rate" not in samples.columns:
-        return np.zeros(len(samples), dtype=bool)
-    metrics = run.check_metrics("agreement") or {}
-    threshold = float(metrics.get("low_agreement_threshold", DEFAULT_LOW_AGREEMENT))
-    rate = pd.to_numeric(samples["agreement_rate"], errors="coerce").to_numpy(dtype=float)
-    return np.isfinite(rate) & (rate < threshold)
-
-
 def _unreadable_mask(samples: pd.DataFrame) -> np.ndarray:
     from audit.sources import UNREADABLE
 
@@ -148,43 +156,23 @@ def _unreadable_mask(samples: pd.DataFrame) -> np.ndarray:
     return by_code | (~readable if readable is not None else False)
 
 
-def _issue_mask(samples: pd.DataFrame) -> np.ndarray:
-    if "mistakes_is_issue" not in samples.columns:
-        return np.zeros(len(samples), dtype=bool)
-    return samples["mistakes_is_issue"].fillna(False).astype(bool).to_numpy()
+def _audited_labels(run) -> list[Any]:
+    audited = _column(run.samples, "mistakes_audited_label")
+    return [a if a is not None else lab for a, lab in zip(audited, _column(run.samples, "label"), strict=True)]
 
 
-def _per_sample_values(run) -> dict[str, list[Any]]:
-    """Our field values in run sample order, straight from samples.parquet; Classification fields as
-    ``(label, confidence)`` pairs (see :func:`_set_classifications`)."""
+def _problem_lists(run) -> list[list[str]]:
     samples = run.samples
-    audited = _column(samples, "mistakes_audited_label")
-    labels = _column(samples, "label")
-    suggested = [
-        (str(lab), None if conf is None else float(conf)) if lab is not None else None
-        for lab, conf in zip(_column(samples, "mistakes_suggested_label"),
-                             _column(samples, "mistakes_suggested_prob"), strict=True)
-    ]
-    consensus = [
-        (str(lab), None if conf is None else float(conf)) if lab is not None else None
-        for lab, conf in zip(_column(samples, "agreement_consensus_label"),
-                             _column(samples, "agreement_consensus_quality"), strict=True)
-    ]
-    has_agreement = "agreement_rate" in samples.columns
     problems = samples["problems"].fillna("").astype(str) if "problems" in samples else [""] * len(samples)
-    issue = _issue_mask(samples)
-    return {
-        FIELD_RUN: [run.name] * len(samples),
-        FIELD_LABEL: [a if a is not None else lab for a, lab in zip(audited, labels, strict=True)],
-        FIELD_SPLIT: _column(samples, "split"),
-        FIELD_QUALITY: [None if q is None else float(q) for q in _column(samples, "mistakes_label_quality")],
-        FIELD_ISSUE: issue.tolist() if "mistakes_is_issue" in samples else [None] * len(samples),
-        FIELD_SUGGESTED: suggested,
-        FIELD_CONSENSUS: consensus,
-        FIELD_AGREEMENT: [None if r is None else float(r) for r in _column(samples, "agreement_rate")],
-        FIELD_LOW_AGREEMENT: low_agreement_mask(run).tolist() if has_agreement else [None] * len(samples),
-        FIELD_PROBLEMS: [[c for c in p.split(";") if c] for p in problems],
-    }
+    return [[c for c in p.split(";") if c] for p in problems]
+
+
+def _per_sample_values(run) -> tuple[dict[str, list[Any]], set[str]]:
+    """Every declared field's values in run sample order, and which fields are classifications (given as
+    ``(label, confidence)`` pairs, see :func:`_set_classifications`)."""
+    fields = declared()[0]
+    values = {f.name: [_clean(v) if not isinstance(v, tuple | list) else v for v in f.values(run)] for f in fields}
+    return values, {f.name for f in fields if f.kind == "classification"}
 
 
 def default_dataset_name(run) -> str:
@@ -299,12 +287,12 @@ def _set_classifications(dataset, field: str, wanted: dict[str, tuple[str, float
 
 def _write_fields(run, dataset, matched: list[str | None], fo) -> list[str]:
     """Set our fields on the run's samples and clear them on samples the run does not cover."""
-    values = _per_sample_values(run)
+    values, classifications = _per_sample_values(run)
     keep = [i for i, m in enumerate(matched) if m is not None]
     ids = [matched[i] for i in keep]
     for field, column in values.items():
         by_id = {ids[j]: column[i] for j, i in enumerate(keep)}
-        if field in (FIELD_SUGGESTED, FIELD_CONSENSUS):
+        if field in classifications:
             _set_classifications(dataset, field, by_id, fo)
         else:
             dataset.set_values(field, by_id, key_field="id", progress=False)
@@ -317,12 +305,7 @@ def _write_fields(run, dataset, matched: list[str | None], fo) -> list[str]:
 
 def _write_tags(run, dataset, matched: list[str | None]) -> dict[str, int]:
     """Our tags on exactly the flagged samples: added where flagged, removed where no longer flagged."""
-    samples = run.samples
-    flags = {
-        TAG_MISLABEL: _issue_mask(samples),
-        TAG_LOW_AGREEMENT: low_agreement_mask(run),
-        TAG_UNREADABLE: _unreadable_mask(samples),
-    }
+    flags = {tag.name: np.asarray(tag.mask(run), dtype=bool) for tag in declared()[1]}
     counts = {}
     for tag, mask in flags.items():
         flagged = [m for m, f in zip(matched, mask, strict=True) if f and m is not None]
@@ -333,53 +316,13 @@ def _write_tags(run, dataset, matched: list[str | None]) -> dict[str, int]:
     return counts
 
 
-def confused_pairs(run, limit: int = 10) -> list[tuple[str, str]]:
-    """Class pairs to review side by side: the mistakes check's overlapping pairs that have flagged samples,
-    in its order; without that list, the pairs with the most flagged samples."""
-    samples = run.samples
-    if "mistakes_is_issue" not in samples.columns:
-        return []
-    issues = samples[_issue_mask(samples)]
-    counts: dict[frozenset[str], int] = {}
-    for given, suggested in zip(issues["mistakes_audited_label"].astype(str),
-                                issues["mistakes_suggested_label"].astype(str), strict=True):
-        if given != suggested:
-            key = frozenset((given, suggested))
-            counts[key] = counts.get(key, 0) + 1
-    metrics = run.check_metrics("mistakes") or {}
-    listed = metrics.get("overlapping_class_pairs") if isinstance(metrics, dict) else None
-    if listed:
-        pairs = [(str(p["class_a"]), str(p["class_b"])) for p in listed]
-        pairs = [p for p in pairs if counts.get(frozenset(p), 0) > 0]
-    else:
-        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], sorted(kv[0])))
-        pairs = [tuple(sorted(k)) for k, _ in ranked]
-    return pairs[:limit]
-
-
 def _save_views(run, dataset, fo) -> list[str]:
-    """(Re-)save our review views and drop ``la-*`` views an earlier run saved that this run no longer has."""
-    from audit.sources import UNREADABLE
-
+    """(Re-)save every declared review view that applies to this run and drop ``la-*`` views an earlier run saved
+    that this run no longer has."""
     F = fo.ViewField
-    worst_first = dataset.match(F(FIELD_ISSUE) == True).sort_by(FIELD_QUALITY)  # noqa: E712 (a query)
-    views = {
-        VIEW_SUSPECTS: (worst_first, "Likely label errors, lowest label quality first"),
-        VIEW_UNREADABLE: (dataset.match(F(FIELD_PROBLEMS).contains(sorted(UNREADABLE))),
-                          "Samples that could not be read (missing, empty, corrupt or truncated files)"),
-    }
-    if "agreement_rate" in run.samples.columns:
-        views[VIEW_LOW_AGREEMENT] = (
-            dataset.match(F(FIELD_LOW_AGREEMENT) == True).sort_by(FIELD_AGREEMENT),  # noqa: E712
-            "Samples the annotators disagree on, least agreement first",
-        )
-    label, suggested = F(FIELD_LABEL), F(f"{FIELD_SUGGESTED}.label")
-    for a, b in confused_pairs(run):
-        pair = ((label == a) & (suggested == b)) | ((label == b) & (suggested == a))
-        views[f"la-confused-{a}-vs-{b}"] = (
-            dataset.match((F(FIELD_ISSUE) == True) & pair).sort_by(FIELD_QUALITY),  # noqa: E712
-            f"Likely label errors between classes {a!r} and {b!r}, worst first",
-        )
+    _, _, declared_views, dynamic = declared()
+    chosen = [v for v in declared_views if v.applies(run)] + [v for make in dynamic for v in make(run)]
+    views = {v.name: (v.build(dataset, F), v.description) for v in chosen}
     for name in dataset.list_saved_views():
         if name.startswith(VIEW_PREFIX) and name not in views:
             dataset.delete_saved_view(name)

@@ -1,120 +1,31 @@
-"""The report's Plotly figures: pure functions of a run's stored results (nothing is recomputed here).
+"""The report's own Plotly figures (the embedding map); checks draw theirs in their own modules.
 
-Every string that reaches a figure (class names, annotator names, sample ids) comes from outside and is passed
-through :func:`plot_text` first: Plotly renders a subset of HTML in titles, ticks, legends and hover labels, so a
-label such as ``<b>cat</b>`` would otherwise change the display, and escaping makes Plotly show it verbatim.
+Every string that reaches a figure (class names, sample ids) comes from outside and is passed through
+:func:`audit.presentation.plot_text` first: Plotly renders a subset of HTML in titles, ticks, legends and hover
+labels, so a label such as ``<b>cat</b>`` would otherwise change the display.
 
-A function returns ``None`` when the run lacks what its figure needs (a skipped check, no projection...); the
-report then explains what is missing instead of drawing an empty plot.
+A function returns ``None`` when the run lacks what its figure needs (no projection...); the report then explains
+what is missing instead of drawing an empty plot.
 """
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+from audit.presentation import PALETTE, layout, plot_text
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
     from audit.results import RunResults
 
-# Colour-blind-friendly-first qualitative palette, long enough for most label sets; cycles beyond.
-PALETTE = (
-    "#4477AA", "#EE6677", "#228833", "#CCBB44", "#66CCEE", "#AA3377", "#BBBBBB", "#EE8866", "#44BB99",
-    "#99DDFF", "#FFAABB", "#77AADD", "#AAAA00", "#332288", "#882255", "#117733", "#DDCC77", "#CC6677",
-    "#88CCEE", "#999933", "#44AA99", "#AA4499", "#DDDDDD", "#000000",
-)
 # Above this many classes the map is one trace coloured by class code (a legend of hundreds helps nobody).
 MAX_LEGEND_CLASSES = 40
-FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
-
-
-def plot_text(value: Any) -> str:
-    """Escape an outside string for Plotly's pseudo-HTML text so it is displayed exactly as written."""
-    return html.escape("" if value is None else str(value), quote=False)
-
-
-def _layout(**overrides: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "template": "plotly_white",
-        "font": {"family": FONT, "size": 12, "color": "#1f2933"},
-        "margin": {"l": 60, "r": 20, "t": 40, "b": 60},
-        "hoverlabel": {"font": {"family": FONT}},
-    }
-    base.update(overrides)
-    return base
-
-
-def has_check(run: RunResults, name: str) -> bool:
-    metrics = run.check_metrics(name)
-    return isinstance(metrics, dict) and "skipped" not in metrics
-
-
-# ---------------------------------------------------------------------------------------------- distribution
-
-
-def class_counts_by_split(run: RunResults) -> pd.DataFrame:
-    """Counts per class (rows) and split (columns): from the distribution check when it ran, else the labels."""
-    metrics = run.check_metrics("distribution") if has_check(run, "distribution") else None
-    per_split = (metrics or {}).get("per_split")
-    if per_split:
-        table = pd.DataFrame({split: {c: v["count"] for c, v in classes.items()}
-                              for split, classes in per_split.items()})
-    else:
-        samples = run.samples
-        labelled = samples[samples["label"].notna()]
-        table = pd.crosstab(labelled["label"].astype(str), labelled["split"].astype(str))
-    table = table.fillna(0).astype(int)
-    table.index = table.index.astype(str)
-    return table.sort_index()
-
-
-def distribution_figure(run: RunResults, previous_counts: pd.Series | None = None,
-                        max_classes: int = 60) -> go.Figure | None:
-    """Share of each class per split, with the previous run's overall share beside it.
-
-    Shares rather than counts make runs (and splits) of different sizes comparable; the counts are in the hover.
-    With more than ``max_classes`` classes, the largest ones are drawn (the report says so).
-    """
-    import plotly.graph_objects as go
-
-    table = class_counts_by_split(run)
-    if table.empty:
-        return None
-    totals = table.sum(axis=1)
-    if previous_counts is not None:
-        totals = totals.add(previous_counts, fill_value=0)
-    classes = list(totals.sort_values(ascending=False).index[:max_classes])
-    classes.sort()
-    table = table.reindex(classes, fill_value=0)
-    x = [plot_text(c) for c in classes]
-    figure = go.Figure()
-    for i, split in enumerate(table.columns):
-        counts = table[split]
-        shares = counts / counts.sum() if counts.sum() else counts.astype(float)
-        figure.add_bar(
-            x=x, y=shares.to_numpy(), customdata=counts.to_numpy(), name=plot_text(f"{split} (this run)"),
-            marker_color=PALETTE[i % len(PALETTE)],
-            hovertemplate="class %{x}<br>%{y:.1%} of the split<br>%{customdata} samples<extra>%{fullData.name}</extra>",
-        )
-    if previous_counts is not None and previous_counts.sum() > 0:
-        before = previous_counts.reindex(classes, fill_value=0)
-        figure.add_bar(
-            x=x, y=(before / previous_counts.sum()).to_numpy(), customdata=before.to_numpy(),
-            name="previous run (all splits)", marker={"color": "rgba(90,90,90,0.35)",
-                                                      "line": {"color": "#555", "width": 1}},
-            hovertemplate="class %{x}<br>%{y:.1%} last run<br>%{customdata} samples<extra></extra>",
-        )
-    figure.update_layout(**_layout(
-        barmode="group", height=360, yaxis={"title": "share of samples", "tickformat": ".0%"},
-        xaxis={"title": "class", "type": "category"}, legend={"orientation": "h", "y": 1.12, "x": 0},
-    ))
-    return figure
 
 
 # ------------------------------------------------------------------------------------------------------ map
@@ -221,129 +132,10 @@ def map_figure(run: RunResults, sample: MapSample | None = None,
             x=x[suspects], y=y[suspects], mode="markers", name="suspected mislabel", hoverinfo="skip",
             marker={"size": 10, "symbol": "circle-open", "color": "#111111", "line": {"width": 1.5}},
         ))
-    figure.update_layout(**_layout(
+    figure.update_layout(**layout(
         height=620, margin={"l": 20, "r": 20, "t": 20, "b": 20}, hovermode="closest", dragmode="zoom",
         xaxis={"showticklabels": False, "title": None, "zeroline": False, "showgrid": False},
         yaxis={"showticklabels": False, "title": None, "zeroline": False, "showgrid": False},
         legend={"itemsizing": "constant", "title": {"text": "label"}},
     ))
-    return figure
-
-
-# ------------------------------------------------------------------------------------------ mistakes matrix
-
-
-def suggestion_matrix(run: RunResults, max_classes: int = 30) -> pd.DataFrame | None:
-    """Counts of suspected mislabels by audited label (rows) and suggested label (columns).
-
-    From the mistakes check's ``confusion``; only classes that take part in an issue are kept, and with more
-    than ``max_classes`` of those, the ones with the most issues.
-    """
-    if not has_check(run, "mistakes"):
-        return None
-    confusion = run.check_metrics("mistakes").get("confusion") or {}
-    table = pd.DataFrame(confusion).T.fillna(0)
-    if table.empty or table.to_numpy().sum() == 0:
-        return None
-    table.index = table.index.astype(str)
-    table.columns = table.columns.astype(str)
-    involvement = table.sum(axis=1).add(table.sum(axis=0), fill_value=0)
-    classes = sorted(involvement.sort_values(ascending=False).index[:max_classes])
-    return table.reindex(index=classes, columns=classes, fill_value=0).astype(int)
-
-
-def suggestion_figure(run: RunResults, max_classes: int = 30) -> go.Figure | None:
-    """Heatmap of given (audited) versus suggested label among the suspected mislabels."""
-    import plotly.graph_objects as go
-
-    table = suggestion_matrix(run, max_classes)
-    if table is None:
-        return None
-    labels = [plot_text(c) for c in table.index]
-    z = table.to_numpy().astype(float)
-    z[z == 0] = np.nan  # empty cells stay white
-    figure = go.Figure(go.Heatmap(
-        z=z, x=labels, y=labels, colorscale="Blues", texttemplate="%{z:.0f}", hoverongaps=False,
-        colorbar={"title": {"text": "samples"}},
-        hovertemplate="given %{y} → suggested %{x}: %{z:.0f}<extra></extra>",
-    ))
-    side = min(640, 160 + 34 * len(labels))
-    figure.update_layout(**_layout(
-        height=side, xaxis={"title": "suggested label", "type": "category", "side": "bottom"},
-        yaxis={"title": "given label", "type": "category", "autorange": "reversed"},
-    ))
-    return figure
-
-
-def class_issue_figure(run: RunResults, max_classes: int = 60) -> go.Figure | None:
-    """Share of each class's samples flagged as likely mislabelled."""
-    import plotly.graph_objects as go
-
-    if not has_check(run, "mistakes"):
-        return None
-    per_class = run.check_metrics("mistakes").get("per_class") or {}
-    if not per_class:
-        return None
-    table = pd.DataFrame(per_class).T
-    table = table.sort_values("issue_rate", ascending=False).head(max_classes)
-    figure = go.Figure(go.Bar(
-        x=[plot_text(c) for c in table.index], y=table["issue_rate"].astype(float),
-        customdata=np.stack([table["n_issues"].astype(int), table["n"].astype(int)], axis=1),
-        marker_color="#EE6677",
-        hovertemplate="class %{x}: %{y:.1%}<br>%{customdata[0]} of %{customdata[1]} samples<extra></extra>",
-    ))
-    figure.update_layout(**_layout(height=300, yaxis={"title": "suspected mislabels", "tickformat": ".0%"},
-                                   xaxis={"title": "class (most affected first)", "type": "category"}))
-    return figure
-
-
-# ------------------------------------------------------------------------------------------------ agreement
-
-
-def kappa_figure(run: RunResults) -> go.Figure | None:
-    """Pairwise Cohen's kappa between annotators (blank where a pair shares too few images)."""
-    import plotly.graph_objects as go
-
-    if not has_check(run, "agreement"):
-        return None
-    kappa = run.check_metrics("agreement").get("cohen_kappa_matrix") or {}
-    names = kappa.get("annotators") or []
-    matrix = kappa.get("matrix")
-    if len(names) < 2 or not matrix:
-        return None
-    z = np.array([[np.nan if v is None else float(v) for v in row] for row in matrix])
-    labels = [plot_text(n) for n in names]
-    figure = go.Figure(go.Heatmap(
-        z=z, x=labels, y=labels, zmin=0, zmax=1, colorscale="RdYlGn", texttemplate="%{z:.2f}",
-        hoverongaps=False, colorbar={"title": {"text": "κ"}},
-        hovertemplate="%{y} × %{x}: κ = %{z:.3f}<extra></extra>",
-    ))
-    side = min(560, 180 + 48 * len(labels))
-    figure.update_layout(**_layout(
-        height=side, width=side + 140, xaxis={"type": "category"},
-        yaxis={"type": "category", "autorange": "reversed"},
-    ))
-    return figure
-
-
-def annotator_quality_figure(run: RunResults) -> go.Figure | None:
-    """Each annotator's agreement with the consensus and cleanlab quality score, side by side."""
-    import plotly.graph_objects as go
-
-    if not has_check(run, "agreement"):
-        return None
-    per_annotator = run.check_metrics("agreement").get("per_annotator") or {}
-    if not per_annotator:
-        return None
-    table = pd.DataFrame(per_annotator).T
-    names = [plot_text(n) for n in table.index]
-    figure = go.Figure()
-    for column, title, colour in (("agreement_with_consensus", "agreement with consensus", "#4477AA"),
-                                  ("quality", "annotator quality (cleanlab)", "#228833")):
-        if column in table:
-            figure.add_bar(x=names, y=pd.to_numeric(table[column], errors="coerce"), name=title,
-                           marker_color=colour, hovertemplate="%{x}: %{y:.3f}<extra>" + title + "</extra>")
-    figure.update_layout(**_layout(height=300, barmode="group", yaxis={"range": [0, 1]},
-                                   xaxis={"type": "category", "title": "annotator"},
-                                   legend={"orientation": "h", "y": 1.15, "x": 0}))
     return figure

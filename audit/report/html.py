@@ -13,29 +13,38 @@ where it shows a subset.
 
 from __future__ import annotations
 
-import base64
 import functools
-import io
 import json
-import math
-import os
 import random
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from jinja2 import Environment, PackageLoader, Undefined
+from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
+from audit.declarations import ReportSection, Tile
+from audit.presentation import (
+    ReportLimits,
+    SectionInput,
+    check_state,
+    figure_json,
+    format_float,
+    format_number,
+    format_percent,
+    format_value,
+    is_missing,
+    make_thumbnails,
+    script_json,
+    thumbnail_uri,
+)
 from audit.report import figures
 from audit.results import RunResults, atomic_write_text
 
-if TYPE_CHECKING:
-    import plotly.graph_objects as go
+__all__ = ["ReportLimits", "render_report", "script_json", "spreadsheet_safe", "suspect_table", "thumbnail_uri"]
 
 HTML_FILE = "index.html"
 SUSPECTS_FILE = "suspects.csv"
@@ -69,21 +78,6 @@ SUSPECT_COLUMNS = {
     "agreement_n_annotations": "n_annotations",
     "problems": "problems",
 }
-
-
-@dataclass(frozen=True)
-class ReportLimits:
-    """Caps that keep a report of a very large run quick to open; the report states each one it applies."""
-
-    map_background_points: int = 20_000  # non-suspect points on the map (all suspects are always drawn)
-    gallery: int = 200  # worst suspects shown as cards
-    suspect_thumbnails: int = 1_000  # worst suspects with a hover thumbnail on the map
-    other_thumbnails: int = 300  # random other map points with a hover thumbnail
-    table_rows: int = 200  # rows of each long table (new/resolved suspects, unreadable samples)
-    thumbnail_px: int = 64
-    matrix_classes: int = 30
-    distribution_classes: int = 60
-    seed: int = 0
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -177,62 +171,6 @@ def plotly_js() -> Markup:
     return Markup(source)
 
 
-def script_json(text: str) -> Markup:
-    """JSON text made safe inside ``<script>``: no ``<``, ``>``, ``&`` or line separators can end or break it.
-
-    The replacements are JSON escapes, so ``JSON.parse`` gives back exactly the original strings.
-    """
-    for raw, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"),
-                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
-        text = text.replace(raw, escaped)
-    return Markup(text)
-
-
-def figure_json(figure: go.Figure | None) -> Markup | None:
-    if figure is None:
-        return None
-    return script_json(figure.to_json())
-
-
-def _missing(value: Any) -> bool:
-    if value is None or isinstance(value, Undefined):
-        return True
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def format_percent(value: Any, digits: int = 1) -> str:
-    return "—" if _missing(value) else f"{float(value) * 100:.{digits}f}%"
-
-
-def format_number(value: Any) -> str:
-    if _missing(value):
-        return "—"
-    number = float(value)
-    return f"{int(number):,}" if number.is_integer() else f"{number:,.2f}"
-
-
-def format_float(value: Any, digits: int = 3) -> str:
-    if _missing(value):
-        return "—"
-    number = float(value)
-    if number != 0 and abs(number) < 10 ** -digits:
-        return f"{number:.{max(digits - 2, 1)}e}"
-    return f"{number:.{digits}f}"
-
-
-def format_value(value: Any) -> str:
-    if _missing(value):
-        return "—"
-    if isinstance(value, float):
-        return format_float(value)
-    if isinstance(value, list | tuple):
-        return ", ".join(str(v) for v in value) or "—"
-    return str(value)
-
-
 # ------------------------------------------------------------------------------------------------ suspects
 
 
@@ -252,64 +190,53 @@ def suspect_table(run: RunResults) -> pd.DataFrame:
     return table
 
 
-# ----------------------------------------------------------------------------------------------- thumbnails
-
-
-def thumbnail_uri(path: str | os.PathLike | None, size: int = 64) -> str | None:
-    """A small PNG or JPEG data URI of an image (whichever is smaller), or None when it cannot be read.
-
-    Decoding goes through :func:`audit.sources.load_image`, so 16-bit, CMYK, palette, alpha and EXIF-rotated
-    files look the way the embedder saw them.
-    """
-    if path is None or (isinstance(path, float) and math.isnan(path)):
-        return None
-    from PIL import Image
-
-    from audit.sources import load_image
-
-    image, _ = load_image(path, draft_size=size)
-    if image is None:
-        return None
-    image.thumbnail((size, size), Image.Resampling.LANCZOS)
-    encoded: list[tuple[int, str, bytes]] = []
-    for kind, options in (("png", {}), ("jpeg", {"quality": 78})):
-        buffer = io.BytesIO()
-        image.save(buffer, format=kind.upper(), **options)
-        encoded.append((buffer.tell(), kind, buffer.getvalue()))
-    _, kind, data = min(encoded)
-    return f"data:image/{kind};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def make_thumbnails(paths: dict[str, Any], size: int) -> dict[str, str | None]:
-    """Thumbnails for ``{sample_id: filepath}``, decoded in parallel (image decoding releases the GIL)."""
-    if not paths:
-        return {}
-    ids = list(paths)
-    workers = max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        uris = list(pool.map(lambda sid: thumbnail_uri(paths[sid], size), ids))
-    return dict(zip(ids, uris, strict=True))
-
-
 # -------------------------------------------------------------------------------------------------- context
 
 
-def check_state(run: RunResults, name: str) -> dict[str, Any]:
-    """``{"status": "ok"|"skipped"|"absent", "metrics": dict, "reason": str}`` for a check."""
-    metrics = run.check_metrics(name)
-    if metrics is None:
-        return {"status": "absent", "metrics": {}, "reason": f"the {name} check did not run"}
-    if "skipped" in metrics:
-        return {"status": "skipped", "metrics": {}, "reason": str(metrics["skipped"])}
-    return {"status": "ok", "metrics": metrics, "reason": ""}
+class _Thumbnails:
+    """Thumbnails made once per report and shared by every section that shows images (decoded in parallel)."""
+
+    def __init__(self, samples: pd.DataFrame, size: int) -> None:
+        self.samples, self.size = samples, size
+        self.made: dict[str, str | None] = {}
+
+    def __call__(self, ids: list[str]) -> dict[str, str | None]:
+        wanted = [s for s in dict.fromkeys(ids) if s not in self.made and s in self.samples.index]
+        if wanted:
+            self.made.update(make_thumbnails(dict(zip(wanted, self.samples.loc[wanted, "filepath"], strict=True)),
+                                             self.size))
+        return {s: self.made.get(s) for s in ids}
+
+
+def core_sections() -> list[ReportSection]:
+    """The report's own sections; checks add theirs (``Check.report_sections``)."""
+    return [
+        ReportSection("map", "Map", "_map.html.j2", lambda si: None, 20),  # built with the thumbnails, below
+        ReportSection("problems", "Sample problems", "_problems.html.j2", lambda si: _problems(si.run, si.limits), 80),
+        ReportSection("since", "Since last run", "_since.html.j2", lambda si: _since(si), 90),
+        ReportSection("details", "Run details", "_details.html.j2", lambda si: _details(si.run), 100),
+    ]
+
+
+def declared_sections() -> list[tuple[str, ReportSection]]:
+    """(check name or "", section) for every section, in page order."""
+    from audit.checks import REGISTRY
+
+    sections = [("", s) for s in core_sections()]
+    sections += [(name, s) for name, check in REGISTRY.items() for s in check.report_sections]
+    return sorted(sections, key=lambda item: item[1].order)
 
 
 def build_context(run: RunResults, baseline: RunResults | None, suspects: pd.DataFrame,
                   limits: ReportLimits) -> dict[str, Any]:
-    """Everything the templates show, as plain values (the templates only format and escape)."""
+    """Everything the page shows: the headline, then every declared section rendered from its own template (the
+    templates only format and escape)."""
+    from audit.checks import REGISTRY
+
     samples = run.samples
     rng = random.Random(limits.seed)
     sample = figures.map_sample(run, limits.map_background_points, limits.seed)
+    thumbnails = _Thumbnails(samples, limits.thumbnail_px)
 
     # Thumbnails: the worst suspects (gallery and map hover) and a random sample of the other map points.
     worst = list(suspects.index[: max(limits.gallery, limits.suspect_thumbnails if sample is not None else 0)])
@@ -318,7 +245,7 @@ def build_context(run: RunResults, baseline: RunResults | None, suspects: pd.Dat
         background = list(sample.points.index[~sample.points.index.isin(suspects.index)])
         others = rng.sample(background, min(limits.other_thumbnails, len(background)))
     wanted = list(dict.fromkeys(worst + others))
-    thumbs = make_thumbnails(dict(zip(wanted, samples.loc[wanted, "filepath"], strict=True)), limits.thumbnail_px)
+    thumbs = thumbnails(wanted)
     hover_ids = [s for s in wanted if thumbs.get(s)]
     if sample is not None:
         on_map = set(sample.points.index)
@@ -326,29 +253,39 @@ def build_context(run: RunResults, baseline: RunResults | None, suspects: pd.Dat
     thumbnail_index = {s: i for i, s in enumerate(hover_ids)}
     hover_thumbs = _hover_entries(samples.loc[hover_ids], thumbs)
 
-    mistakes = check_state(run, "mistakes")
-    agreement = check_state(run, "agreement")
-    context: dict[str, Any] = {
+    common = {"limits": asdict(limits), "suspects_file": SUSPECTS_FILE}
+    env = environment()
+    rendered = []
+    for check_name, section in declared_sections():
+        state = check_state(run, check_name) if check_name else {"status": "ok", "metrics": {}, "reason": ""}
+        if section.id == "map":
+            data = _map(run, sample, thumbnail_index, hover_thumbs, limits)
+        else:
+            data = section.build(SectionInput(run, baseline, limits, suspects, thumbnails, state))
+        if data is None:
+            continue
+        html = env.get_template(section.template).render(**common, **{section.id: data})
+        rendered.append({"id": section.id, "title": section.title, "html": Markup(html)})
+
+    tiles: list[Tile] = []
+    facts: list[tuple[str, str]] = []
+    for name, check in REGISTRY.items():
+        state = check_state(run, name)
+        tiles += check.tiles(state)
+        facts += check.facts(state)
+    return {
         "title": f"label-audit report: {_dataset_name(run)}",
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "plotly_js": plotly_js(),
         "css": asset("report.css"),
         "js": asset("report.js"),
-        "limits": asdict(limits),
-        "headline": _headline(run, mistakes, agreement, baseline),
+        "headline": _headline(run, baseline),
+        "tiles": tiles,
+        "facts": facts,
         "gate": _gate(run),
-        "distribution": _distribution(run, baseline, limits),
-        "map": _map(run, sample, thumbnail_index, hover_thumbs, limits),
-        "gallery": _gallery(run, suspects, thumbs, mistakes, limits),
-        "suggestions": _suggestions(run, mistakes, limits),
-        "agreement": _agreement(run, agreement, mistakes),
-        "pairs": _pairs(mistakes),
-        "problems": _problems(run, limits),
-        "since": _since(run, baseline, suspects, thumbs, limits),
-        "details": _details(run),
-        "suspects_file": SUSPECTS_FILE,
+        "sections": rendered,
+        **common,
     }
-    return context
 
 
 def _hover_entries(rows: pd.DataFrame, thumbs: dict[str, str | None]) -> list[dict[str, Any]]:
@@ -384,7 +321,7 @@ def _date(text: Any) -> str:
     return moment.strftime("%Y-%m-%d %H:%M")
 
 
-def _headline(run: RunResults, mistakes: dict, agreement: dict, baseline: RunResults | None) -> dict[str, Any]:
+def _headline(run: RunResults, baseline: RunResults | None) -> dict[str, Any]:
     summary = run.summary
     counts = summary.get("counts") or {}
     samples = run.samples
@@ -392,8 +329,6 @@ def _headline(run: RunResults, mistakes: dict, agreement: dict, baseline: RunRes
     unreadable = counts.get("unreadable")
     if unreadable is None and "readable" in samples:
         unreadable = int((~samples["readable"].astype(bool)).sum())
-    m = mistakes["metrics"]
-    a = agreement["metrics"]
     embedder = summary.get("embedder") or {}
     weights = embedder.get("pretrained") or embedder.get("checkpoint")
     return {
@@ -408,16 +343,6 @@ def _headline(run: RunResults, mistakes: dict, agreement: dict, baseline: RunRes
         "n_samples": n_samples,
         "n_unreadable": unreadable,
         "n_classes": counts.get("classes", len(run.class_names)),
-        "mistakes": mistakes,
-        "n_issues": m.get("n_issues"),
-        "issue_rate": m.get("issue_rate"),
-        "label_health": m.get("label_health"),
-        "cv_accuracy": m.get("cv_accuracy"),
-        "agreement": agreement,
-        "krippendorff_alpha": a.get("krippendorff_alpha"),
-        "fleiss_kappa": a.get("fleiss_kappa"),
-        "percent_agreement": a.get("percent_agreement"),
-        "n_annotators": a.get("n_annotators"),
         "baseline_name": baseline.name if baseline is not None else None,
         "version": (summary.get("versions") or {}).get("label_audit"),
     }
@@ -435,67 +360,6 @@ def _gate(run: RunResults) -> dict[str, Any] | None:
                       "passed": rule.get("passed"), "note": "; ".join(f"{k}: {format_value(v)}"
                                                                       for k, v in extra.items())})
     return {"passed": bool(gate.get("passed")), "rules": rules}
-
-
-def _label_counts(run: RunResults) -> pd.Series:
-    metrics = run.check_metrics("distribution") or {}
-    classes = metrics.get("classes") if "skipped" not in metrics else None
-    if classes:
-        return pd.Series({str(c): int(v["count"]) for c, v in classes.items()}, dtype=int)
-    return run.samples["label"].dropna().astype(str).value_counts()
-
-
-def _shift(run: RunResults, baseline: RunResults | None) -> dict[str, Any] | None:
-    """The label-shift comparison: the distribution check's own when it compared with this baseline, else the
-    same function applied to the two runs' stored labels."""
-    stored = (run.check_metrics("distribution") or {}).get("baseline")
-    if baseline is None:
-        return stored if isinstance(stored, dict) else None
-    if isinstance(stored, dict) and stored.get("run_name") == baseline.name:
-        return stored
-    from audit.checks.distribution import compare_with_baseline
-
-    return compare_with_baseline(_label_counts(run).sort_index(), _label_counts(baseline).sort_index(),
-                                 baseline.name)
-
-
-def _distribution(run: RunResults, baseline: RunResults | None, limits: ReportLimits) -> dict[str, Any]:
-    state = check_state(run, "distribution")
-    metrics = state["metrics"]
-    shift = _shift(run, baseline)
-    previous = None
-    if baseline is not None:
-        previous = _label_counts(baseline)
-    elif shift and shift.get("deltas"):
-        previous = pd.Series({c: d["previous_count"] for c, d in shift["deltas"].items()}, dtype=int)
-    by_split = figures.class_counts_by_split(run)
-    totals = by_split.sum(axis=1)
-    share = totals / totals.sum() if totals.sum() else totals.astype(float)
-    rows = []
-    for name in by_split.index:
-        delta = (shift or {}).get("deltas", {}).get(name) or {}
-        rows.append({"name": name, "count": int(totals[name]), "share": float(share[name]),
-                     "splits": [int(by_split.at[name, s]) for s in by_split.columns],
-                     "previous_share": delta.get("previous_share"), "share_delta": delta.get("share_delta"),
-                     "rare": name in (metrics.get("rare_classes") or [])})
-    return {
-        "state": state,
-        "metrics": metrics,
-        "splits": list(by_split.columns),
-        "rows": rows,
-        "figure": figure_json(figures.distribution_figure(run, previous, limits.distribution_classes)),
-        "capped": len(by_split.index) > limits.distribution_classes,
-        "shift": shift,
-        "shift_rows": _shift_rows(shift),
-    }
-
-
-def _shift_rows(shift: dict[str, Any] | None) -> list[dict[str, Any]]:
-    if not shift or not shift.get("deltas"):
-        return []
-    rows = [{"name": c, **d} for c, d in shift["deltas"].items()]
-    rows.sort(key=lambda r: (-abs(r.get("share_delta") or 0.0), r["name"]))
-    return rows
 
 
 def _map(run: RunResults, sample: figures.MapSample | None, thumbnail_index: dict[str, int],
@@ -521,68 +385,6 @@ def _map(run: RunResults, sample: figures.MapSample | None, thumbnail_index: dic
     }
 
 
-def _gallery(run: RunResults, suspects: pd.DataFrame, thumbs: dict[str, str | None], mistakes: dict,
-             limits: ReportLimits) -> dict[str, Any]:
-    cards = []
-    for sample_id, row in suspects.head(limits.gallery).iterrows():
-        audited = row.get("audited_label")
-        cards.append({
-            "id": sample_id,
-            "src": thumbs.get(sample_id),
-            "label": format_value(row.get("label")),
-            "audited": format_value(audited) if not _missing(audited) and audited != row.get("label") else None,
-            "suggested": format_value(row.get("suggested_label")),
-            "suggested_prob": row.get("suggested_prob"),
-            "score": row.get("label_quality"),
-            "split": format_value(row.get("split")),
-            "filepath": format_value(row.get("filepath")),
-            "rank": int(row["rank"]),
-        })
-    return {"state": mistakes, "cards": cards, "n_total": len(suspects), "capped": len(suspects) > limits.gallery,
-            "metrics": mistakes["metrics"]}
-
-
-def _suggestions(run: RunResults, mistakes: dict, limits: ReportLimits) -> dict[str, Any]:
-    matrix = figures.suggestion_matrix(run, limits.matrix_classes) if mistakes["status"] == "ok" else None
-    confusion = mistakes["metrics"].get("confusion") or {}
-    involved = set(confusion) | {s for row in confusion.values() for s in row}
-    return {
-        "state": mistakes,
-        "figure": figure_json(figures.suggestion_figure(run, limits.matrix_classes)),
-        "class_figure": figure_json(figures.class_issue_figure(run)),
-        "capped": matrix is not None and len(involved) > limits.matrix_classes,
-        "n_classes": len(involved),
-    }
-
-
-def _agreement(run: RunResults, agreement: dict, mistakes: dict) -> dict[str, Any]:
-    metrics = agreement["metrics"]
-    per_class = [{"name": c, **v} for c, v in sorted((metrics.get("per_class") or {}).items())]
-    annotator_mistakes = mistakes["metrics"].get("annotator_mistakes") or {}
-    per_annotator = []
-    for name, values in sorted((metrics.get("per_annotator") or {}).items()):
-        flagged = annotator_mistakes.get(name) or {}
-        per_annotator.append({"name": name, **values, "n_mistakes": flagged.get("n_mistakes"),
-                              "mistake_rate": flagged.get("rate")})
-    low = metrics.get("n_low_agreement")
-    threshold = metrics.get("low_agreement_threshold")
-    if low is None and threshold is not None and "agreement_rate" in run.samples:
-        low = int((run.samples["agreement_rate"] < float(threshold)).sum())
-    return {
-        "state": agreement,
-        "metrics": metrics,
-        "kappa_figure": figure_json(figures.kappa_figure(run)),
-        "quality_figure": figure_json(figures.annotator_quality_figure(run)),
-        "per_class": per_class,
-        "per_annotator": per_annotator,
-        "n_low_agreement": low,
-    }
-
-
-def _pairs(mistakes: dict) -> dict[str, Any]:
-    return {"state": mistakes, "rows": list(mistakes["metrics"].get("overlapping_class_pairs") or [])}
-
-
 def _problems(run: RunResults, limits: ReportLimits) -> dict[str, Any]:
     samples = run.samples
     counts = (run.summary.get("counts") or {}).get("problems")
@@ -600,14 +402,16 @@ def _problems(run: RunResults, limits: ReportLimits) -> dict[str, Any]:
             "n_with_problems": (run.summary.get("counts") or {}).get("with_problems")}
 
 
-def _since(run: RunResults, baseline: RunResults | None, suspects: pd.DataFrame, thumbs: dict[str, str | None],
-           limits: ReportLimits) -> dict[str, Any]:
+def _since(si: SectionInput) -> dict[str, Any]:
+    from audit.checks.distribution import shift_against, shift_rows
+
+    run, baseline, suspects, limits = si.run, si.baseline, si.suspects, si.limits
     if baseline is None:
         return {"available": False}
-    shift = _shift(run, baseline)
+    shift = shift_against(run, baseline)
     result: dict[str, Any] = {
         "available": True, "name": baseline.name, "created": _date(baseline.summary.get("created_at")),
-        "shift": shift, "shift_rows": _shift_rows(shift)[: limits.table_rows],
+        "shift": shift, "shift_rows": shift_rows(shift)[: limits.table_rows],
         "n_samples_now": len(run.samples), "n_samples_before": len(baseline.samples),
         "n_added": int((~run.samples.index.isin(baseline.samples.index)).sum()),
         "n_removed": int((~baseline.samples.index.isin(run.samples.index)).sum()),
@@ -620,6 +424,7 @@ def _since(run: RunResults, baseline: RunResults | None, suspects: pd.DataFrame,
     flagged_now = set(now.index[figures.is_suspect(now)])
     flagged_before = set(before.index[figures.is_suspect(before)])
     new = [s for s in suspects.index if s not in flagged_before]
+    thumbs = si.thumbnails(new[: limits.table_rows])
     resolved = sorted(flagged_before - flagged_now,
                       key=lambda s: (float(before.at[s, "mistakes_label_quality"])
                                      if "mistakes_label_quality" in before else 0.0, s))
@@ -642,7 +447,7 @@ def _new_row(now: pd.DataFrame, before: pd.DataFrame, sample_id: str, thumbs: di
         status = "newly flagged"
     audited = row.get("mistakes_audited_label")
     return {"id": sample_id, "src": thumbs.get(sample_id), "label": format_value(row.get("label")),
-            "audited": format_value(audited) if not _missing(audited) and audited != row.get("label") else None,
+            "audited": format_value(audited) if not is_missing(audited) and audited != row.get("label") else None,
             "suggested": format_value(row.get("mistakes_suggested_label")),
             "score": row.get("mistakes_label_quality"), "status": status}
 

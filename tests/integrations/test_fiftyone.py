@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from audit.checks.mistakes import confused_pairs
 from audit.integrations import fiftyone as af
 from audit.results import RunResults
 from tests.fiftyone_helpers import build_run, unique_name, write_digit_images
@@ -56,15 +57,15 @@ def _snapshot(dataset) -> dict:
     fields = [
         af.FIELD_RUN,
         af.FIELD_LABEL,
-        af.FIELD_QUALITY,
-        af.FIELD_ISSUE,
-        f"{af.FIELD_SUGGESTED}.label",
-        f"{af.FIELD_SUGGESTED}.confidence",
-        f"{af.FIELD_SUGGESTED}.id",
-        f"{af.FIELD_CONSENSUS}.label",
-        f"{af.FIELD_CONSENSUS}.id",
-        af.FIELD_AGREEMENT,
-        af.FIELD_LOW_AGREEMENT,
+        "label_audit_quality",
+        "label_audit_issue",
+        "label_audit_suggested.label",
+        "label_audit_suggested.confidence",
+        "label_audit_suggested.id",
+        "label_audit_consensus.label",
+        "label_audit_consensus.id",
+        "label_audit_agreement",
+        "label_audit_low_agreement",
         af.FIELD_PROBLEMS,
         "ground_truth.label",
         "ground_truth.id",
@@ -99,33 +100,33 @@ def test_export_writes_fields_tags_and_views(fo, run, dataset_name):
         assert sample.ground_truth.label == row["label"]
         assert sample[af.FIELD_RUN] == run.name
         assert sample[af.FIELD_LABEL] == row["mistakes_audited_label"]
-        assert sample[af.FIELD_CONSENSUS].label == row["agreement_consensus_label"]
-        assert sample[af.FIELD_CONSENSUS].confidence == pytest.approx(row["agreement_consensus_quality"])
-        assert sample[af.FIELD_AGREEMENT] == pytest.approx(row["agreement_rate"])
+        assert sample["label_audit_consensus"].label == row["agreement_consensus_label"]
+        assert sample["label_audit_consensus"].confidence == pytest.approx(row["agreement_consensus_quality"])
+        assert sample["label_audit_agreement"] == pytest.approx(row["agreement_rate"])
         assert sample[af.FIELD_PROBLEMS] == [c for c in row["problems"].split(";") if c]
         if row["readable"]:
-            assert sample[af.FIELD_QUALITY] == pytest.approx(row["mistakes_label_quality"])
-            assert sample[af.FIELD_ISSUE] == bool(row["mistakes_is_issue"])
-            assert sample[af.FIELD_SUGGESTED].label == row["mistakes_suggested_label"]
-            assert sample[af.FIELD_SUGGESTED].confidence == pytest.approx(row["mistakes_suggested_prob"])
+            assert sample["label_audit_quality"] == pytest.approx(row["mistakes_label_quality"])
+            assert sample["label_audit_issue"] == bool(row["mistakes_is_issue"])
+            assert sample["label_audit_suggested"].label == row["mistakes_suggested_label"]
+            assert sample["label_audit_suggested"].confidence == pytest.approx(row["mistakes_suggested_prob"])
         else:
-            assert sample[af.FIELD_QUALITY] is None and sample[af.FIELD_SUGGESTED] is None
-            assert sample[af.FIELD_ISSUE] is False
+            assert sample["label_audit_quality"] is None and sample["label_audit_suggested"] is None
+            assert sample["label_audit_issue"] is False
 
     issues = set(samples.index[samples["mistakes_is_issue"]])
     low = set(samples.index[samples["agreement_rate"] < 0.5])
     unreadable = set(samples.index[~samples["readable"]])
     assert issues and low and len(unreadable) == 2
-    tagged = {tag: {p for p, s in rows.items() if tag in s.tags} for tag in af.OUR_TAGS}
-    assert tagged == {af.TAG_MISLABEL: issues, af.TAG_LOW_AGREEMENT: low, af.TAG_UNREADABLE: unreadable}
+    tagged = {tag: {p for p, s in rows.items() if tag in s.tags} for tag in af.our_tags()}
+    assert tagged == {"suspected_mislabel": issues, "low_agreement": low, af.TAG_UNREADABLE: unreadable}
 
     suspects = dataset.load_saved_view(af.VIEW_SUSPECTS)
-    quality = suspects.values(af.FIELD_QUALITY)
+    quality = suspects.values("label_audit_quality")
     assert set(suspects.values("filepath")) == issues
     assert quality == sorted(quality), "suspects are listed worst (lowest quality) first"
-    assert set(dataset.load_saved_view(af.VIEW_LOW_AGREEMENT).values("filepath")) == low
+    assert set(dataset.load_saved_view("la-low-agreement").values("filepath")) == low
     assert set(dataset.load_saved_view(af.VIEW_UNREADABLE).values("filepath")) == unreadable
-    pairs = af.confused_pairs(run)
+    pairs = confused_pairs(run)
     assert pairs
     for a, b in pairs:
         view = dataset.load_saved_view(f"la-confused-{a}-vs-{b}")
@@ -138,7 +139,7 @@ def test_export_writes_fields_tags_and_views(fo, run, dataset_name):
         assert len(view) > 0 and set(view.values("filepath")) == set(expected.index)
     assert set(dataset.list_saved_views()) == {
         af.VIEW_SUSPECTS,
-        af.VIEW_LOW_AGREEMENT,
+        "la-low-agreement",
         af.VIEW_UNREADABLE,
         *(f"la-confused-{a}-vs-{b}" for a, b in pairs),
     }
@@ -199,7 +200,7 @@ def test_second_run_updates_without_duplicating(fo, tmp_path, dataset_name):
     af.export_run(first.path, dataset_name)
     dataset = fo.load_dataset(dataset_name)
     views_before = set(dataset.list_saved_views())
-    user_tagged = dataset.match_tags(af.TAG_MISLABEL).first()
+    user_tagged = dataset.match_tags("suspected_mislabel").first()
     user_tagged.tags.append("keep-me")
     user_tagged.save()
 
@@ -215,18 +216,18 @@ def test_second_run_updates_without_duplicating(fo, tmp_path, dataset_name):
     for filepath, row in by_path.items():
         if filepath in current.index:
             assert row[af.FIELD_RUN] == second.name
-            assert (af.TAG_MISLABEL in row["tags"]) == bool(current.at[filepath, "mistakes_is_issue"])
+            assert ("suspected_mislabel" in row["tags"]) == bool(current.at[filepath, "mistakes_is_issue"])
             assert row["ground_truth.label"] == current.at[filepath, "label"]
         else:  # no longer in the source: nothing of the old run is left on it
-            assert row[af.FIELD_RUN] is None and row[af.FIELD_ISSUE] is None
-            assert not set(row["tags"]) & set(af.OUR_TAGS)
+            assert row[af.FIELD_RUN] is None and row["label_audit_issue"] is None
+            assert not set(row["tags"]) & set(af.our_tags())
     assert "keep-me" in dataset[user_tagged.id].tags
     views_after = set(dataset.list_saved_views())
     expected_views = {
         af.VIEW_SUSPECTS,
-        af.VIEW_LOW_AGREEMENT,
+        "la-low-agreement",
         af.VIEW_UNREADABLE,
-        *(f"la-confused-{a}-vs-{b}" for a, b in af.confused_pairs(second)),
+        *(f"la-confused-{a}-vs-{b}" for a, b in confused_pairs(second)),
     }
     assert views_after == expected_views and views_before != views_after
     flagged = set(current.index[current["mistakes_is_issue"]])
@@ -253,9 +254,9 @@ def test_run_from_a_fiftyone_dataset_writes_into_it(fo, tmp_path, dataset_name):
     assert dataset.values("ground_truth.label") == list(images["true_label"]), "the user's labels stay"
     assert dataset.values("my_score") == [0.5] * 120
     issues = run.samples.index[run.samples["mistakes_is_issue"]]
-    assert sorted(dataset.match_tags(af.TAG_MISLABEL).values("id")) == sorted(issues)
-    assert af.VIEW_LOW_AGREEMENT not in dataset.list_saved_views(), "no annotators, no agreement view"
-    assert dataset.values(af.FIELD_CONSENSUS) == [None] * 120
+    assert sorted(dataset.match_tags("suspected_mislabel").values("id")) == sorted(issues)
+    assert "la-low-agreement" not in dataset.list_saved_views(), "no annotators, no agreement view"
+    assert dataset.values("label_audit_consensus") == [None] * 120
 
 
 def test_a_fiftyone_run_whose_dataset_is_gone_is_refused(fo, run, tmp_path):
