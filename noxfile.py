@@ -43,6 +43,14 @@ def _system_packages(session: nox.Session) -> None:
         session.warn("chromium is missing: install Debian's `chromium` package for the browser tests")
 
 
+def _labelstudio(session: nox.Session) -> None:
+    """Label Studio in its own venv, .ls-venv (its pins clash with ours), for the integration tests' real server.
+
+    tests/labelstudio_server.py owns the version and the install (about a minute once; instant afterwards)."""
+    session.run(sys.executable, "-c", "from tests.labelstudio_server import ensure_installed; ensure_installed()",
+                external=True)
+
+
 def _env() -> dict[str, str]:
     return {"FIFTYONE_DO_NOT_TRACK": "true", "PYTHONHASHSEED": "0"}
 
@@ -52,6 +60,7 @@ def tests(session: nox.Session) -> None:
     """The whole test suite, browser, FiftyOne and notebook tests included (exit 5, no tests, fails too)."""
     _system_packages(session)
     _venv(session)
+    _labelstudio(session)
     # --durations: every CI log says where the time goes (the budget is in the README's Development section).
     session.run(str(BIN / "pytest"), *(session.posargs or ["-q", "--durations=15"]), external=True, env=_env())
 

@@ -34,7 +34,8 @@ class SourceConfig(_Strict):
 
     kind: str = Field(
         description="a registered source format (see audit/sources/): folder: one sub-folder per class; "
-        "manifest: CSV/Parquet with filepath,label[,split]; fiftyone: an existing FiftyOne dataset"
+        "manifest: CSV/Parquet with filepath,label[,split]; fiftyone: an existing FiftyOne dataset; "
+        "coco, yolo, voc, cvat, labelstudio: object (box / instance mask) annotations"
     )
     path: Path | None = Field(None, description="image folder root, or the manifest file")
     annotations: Path | None = Field(
@@ -46,6 +47,28 @@ class SourceConfig(_Strict):
         default_factory=list, description="FiftyOne Classification fields, one per annotator"
     )
     split_field: str | None = Field(None, description="FiftyOne field holding the split (default: tags)")
+    images: Path | None = Field(
+        None, description="image root of an object source (coco, yolo, voc, cvat, labelstudio) when the images "
+        "are not where the format's own layout puts them"
+    )
+    annotator_files: dict[str, Path] = Field(
+        default_factory=dict, description="one annotation file (masks: folder) per annotator, name -> path, in "
+        "the source's own format; object sources give those objects annotator = name"
+    )
+    masks: Path | None = Field(
+        None, description="kind=masks: folder of the shipped masks, <masks>/<image path relative to the image "
+        "root, suffix .png> (not needed when the manifest has a mask column); annotators' mask folders go in "
+        "annotator_files"
+    )
+    class_map: Path | None = Field(
+        None, description="kind=masks: YAML/JSON/CSV class map, mask index -> class name, or colour -> class name "
+        "for palette/RGB masks (a FiftyOne source may use the field's mask_targets instead)"
+    )
+    ignore_index: int | None = Field(255, description="kind=masks: mask index meaning unlabelled (null: none)")
+    mask_field: str | None = Field(
+        None, description="kind=masks with a FiftyOne dataset: Segmentation field of the shipped masks "
+        "(annotators: annotator_fields)"
+    )
 
     @model_validator(mode="after")
     def _needs(self) -> SourceConfig:
@@ -55,9 +78,11 @@ class SourceConfig(_Strict):
         form = FORMATS.get(self.kind)
         if form is None:
             raise ValueError(f"unknown source kind {self.kind!r}; known: {', '.join(sorted(FORMATS))}")
-        missing = [name for name in form.needs if not getattr(self, name)]
+        # A need "a|b" is met by either field (an object source needs a path or annotator files).
+        missing = [name for name in form.needs if not any(getattr(self, n) for n in name.split("|"))]
         if missing:
-            what = " and ".join("a dataset name" if name == "dataset" else f"a {name}" for name in missing)
+            what = " and ".join("a dataset name" if name == "dataset" else f"a {name.replace('|', ' or ')}"
+                                for name in missing)
             raise ValueError(f"source kind {self.kind!r} needs {what}")
         return self
 
@@ -86,6 +111,16 @@ class EmbedderConfig(_Strict):
     path: Path | None = Field(None, description="precomputed embeddings .npy, rows in sample order")
     field: str | None = Field(None, description="precomputed embeddings from this FiftyOne field")
     pixel_size: int = Field(16, ge=4, le=128, description="side of the pixels embedder's square grid")
+    flush_seconds: float = Field(30.0, gt=0, description="save finished embeddings to the cache at least this "
+                                 "often (seconds), so a killed run loses at most this much work")
+    engine: Literal["local", "ray"] = Field(
+        "local", description="local: embed on this machine; ray: Ray Data actors on a Ray cluster (one model per "
+        "actor, a GPU each when the cluster has GPUs), same vectors and cache"
+    )
+    ray_address: str | None = Field(
+        None, description="engine=ray: the cluster: auto (this node's cluster), host:6379, ray://host:10001 (needs "
+        "ray[client]); none: RAY_ADDRESS, else a new local Ray instance"
+    )
 
 
 class ProjectionConfig(_Strict):
@@ -93,6 +128,8 @@ class ProjectionConfig(_Strict):
     min_dist: float = Field(0.1, ge=0.0)
     seed: int = 0
     enabled: bool = True
+    reuse: bool = Field(True, description="reuse the previous run's map: its coordinates when the images did not "
+                        "change, its UMAP model's transform for new images (so last week's map stays comparable)")
 
 
 class PredProbsConfig(_Strict):
@@ -102,6 +139,13 @@ class PredProbsConfig(_Strict):
     field: str | None = Field(None, description="FiftyOne Classification field whose logits/probs to use")
 
 
+class ObjectPredictionsConfig(_Strict):
+    """A detector's boxes with scores, for the object checks that need predictions (detection datasets)."""
+
+    path: Path | None = Field(None, description="COCO results JSON: [{image_id, category_id, bbox, score}, ...]")
+    field: str | None = Field(None, description="FiftyOne Detections field holding the detector's boxes")
+
+
 class AuditConfig(_Strict):
     """A whole run."""
 
@@ -109,6 +153,11 @@ class AuditConfig(_Strict):
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
     pred_probs: PredProbsConfig = Field(default_factory=PredProbsConfig)
+    object_predictions: ObjectPredictionsConfig = Field(default_factory=ObjectPredictionsConfig)
+    mask_probs: Path | None = Field(
+        None, description="segmentation: out-of-sample per-pixel class probabilities, one (N, K, H, W) .npy (rows in "
+        "sample order, channels in the class map's order, memory-mapped) or a folder of <sample id>.npy (K, H, W)"
+    )
     checks: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-check parameters, e.g. {mistakes: {folds: 5}}"
     )
@@ -116,7 +165,9 @@ class AuditConfig(_Strict):
     gate: dict[str, Any] = Field(default_factory=dict, description="release thresholds (see `label-audit gate`)")
     output_dir: Path = Path("reports")
     run_name: str | None = None
-    baseline: Path | None = Field(None, description="previous run folder to compare with")
+    baseline: Path | Literal["auto"] | None = Field(
+        None, description="previous run folder to compare with, or auto: the latest earlier run of the same "
+        "dataset in output_dir (the first run of a dataset then skips the rules that need a baseline)")
     report: bool = True
     seed: int = 0
 

@@ -22,9 +22,11 @@ ValueKind = Literal["rate", "coefficient", "count", "tolerance", "bool", "number
 
 @dataclass(frozen=True)
 class Unavailable:
-    """A metric a rule needs but the run lacks, and why (the gate fails or skips the rule with this reason)."""
+    """A metric a rule needs but the run lacks, and why (the gate fails or skips the rule with this reason).
+    ``needs_baseline``: it is missing only because there is no baseline run to compare with."""
 
     reason: str
+    needs_baseline: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,18 +107,31 @@ class ReportSection:
     order: int = 50
 
 
-FiftyOneKind = Literal["float", "bool", "string", "string_list", "classification"]
+@dataclass(frozen=True)
+class Trend:
+    """A metric plotted across runs on the trends page (``reports/index.html``): ``{key}`` in the path draws one
+    line per key (a class, an annotator); ``percent`` formats the axis as a share."""
+
+    title: str
+    metric: str
+    percent: bool = False
+
+
+FiftyOneKind = Literal["float", "bool", "string", "string_list", "classification", "segmentation", "heatmap"]
 
 
 @dataclass(frozen=True)
 class FiftyOneField:
     """A sample field the FiftyOne export writes: ``values(run)`` gives one value per run sample, in order
-    (``(label, confidence)`` pairs or None for a classification)."""
+    (``(label, confidence)`` pairs or None for a classification; an absolute mask / map file path or None for a
+    segmentation or heatmap, whose values are 0..255). ``targets(run)``: a segmentation's mask value -> class
+    (FiftyOne ``mask_targets``), or None."""
 
     name: str
     kind: FiftyOneKind
     description: str
     values: Callable[[Any], list[Any]]
+    targets: Callable[[Any], dict[Any, str] | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,24 @@ def declared_ratchets() -> list[Ratchet]:
     return [r for check in REGISTRY.values() for r in check.ratchets]
 
 
+def thresholds_markdown() -> str:
+    """The thresholds table of the README, from the declarations (a test keeps the README in step)."""
+    from audit.checks import REGISTRY
+    from audit.sources.table import THRESHOLDS as SOURCE_THRESHOLDS
+
+    owner = {t.name: "sources" for t in SOURCE_THRESHOLDS}
+    owner.update({t.name: name for name, check in REGISTRY.items() for t in check.thresholds})
+    lines = ["| Threshold | Check | Rule | Reads (`summary.json`) |", "|---|---|---|---|"]
+    for name, threshold in declared_thresholds().items():
+        op = "≤" if threshold.op == "<=" else "≥"
+        metric = threshold.metric.replace("{key}", "<key>")
+        lines.append(f"| `{name}` | {owner[name]} | {threshold.help} ({op} value) | `{metric}` |")
+    lines.append("| `ratchet` (+ `ratchet_tolerance`) | all | no ratcheted metric may get worse than in the baseline: "
+                 + ", ".join(f"`{r.name}`" for r in declared_ratchets()) + " | the same keys in both runs |")
+    lines.append("| `skip_missing` | all | see below | |")
+    return "\n".join(lines) + "\n"
+
+
 def threshold_kinds() -> dict[str, ValueKind]:
     """Config name -> kind of value, for every threshold and modifier the gate accepts."""
     return {**{name: t.kind for name, t in declared_thresholds().items()}, **MODIFIERS}
@@ -364,7 +382,7 @@ def write_verdict(run_dir: str | Path, verdict: GateVerdict, refresh_report: boo
 
     ``label-audit run --gate`` renders the HTML report before the gate runs, so when the run folder has a report
     and ``refresh_report`` is true it is rendered again (from the stored results, nothing is recomputed) and its
-    headline shows this verdict.
+    headline shows this verdict; so is the trends page of the folder the run is in.
     """
     run_dir = Path(run_dir)
     atomic_write_text(run_dir / GATE_JSON, verdict.to_json() + "\n")
@@ -375,12 +393,17 @@ def write_verdict(run_dir: str | Path, verdict: GateVerdict, refresh_report: boo
         from audit.report import render_report
 
         render_report(run_dir)
+    if refresh_report and (run_dir.parent / REPORT_FILE).is_file():  # the trends page of the output folder
+        from audit.report.trends import render_trends
+
+        render_trends(run_dir.parent)
 
 
 # ------------------------------------------------------------------------------------------- evaluation
 
 
-def evaluate(run: RunResults, baseline: RunResults | None, thresholds: dict[str, Any]) -> GateVerdict:
+def evaluate(run: RunResults, baseline: RunResults | None, thresholds: dict[str, Any],
+             no_baseline: str | None = None) -> GateVerdict:
     """Check ``run`` against ``thresholds`` (as from :func:`load_thresholds`; validated again here).
 
     Parameters
@@ -391,10 +414,13 @@ def evaluate(run: RunResults, baseline: RunResults | None, thresholds: dict[str,
         The last released run, for shift and ratchet rules; None when there is none.
     thresholds
         Threshold name -> value, see the module docstring.
+    no_baseline
+        Why there is no baseline when the user asked for one automatically (``--baseline auto`` on the first
+        run of a dataset): the rules that need one are then skipped with this reason instead of failing.
     """
     thresholds = normalize_thresholds(dict(thresholds))
     declared = declared_thresholds()
-    rules = _Rules(skip_missing=bool(thresholds.get("skip_missing", False)))
+    rules = _Rules(skip_missing=bool(thresholds.get("skip_missing", False)), no_baseline=no_baseline)
     before = baseline.summary if baseline is not None else None
     for name, value in thresholds.items():
         if name in MODIFIERS:
@@ -416,14 +442,19 @@ def evaluate(run: RunResults, baseline: RunResults | None, thresholds: dict[str,
 class _Rules:
     """Collects rules, turning unavailable metrics into failures (or skips with ``skip_missing``)."""
 
-    def __init__(self, skip_missing: bool) -> None:
+    def __init__(self, skip_missing: bool, no_baseline: str | None = None) -> None:
         self.skip_missing = skip_missing
+        self.no_baseline = no_baseline
         self.rules: list[GateRule] = []
 
     def add(self, name: str, metric: str, value: Any, threshold: float | int | None, op: Literal["<=", ">="],
             label: str) -> None:
         if isinstance(value, Unavailable):
             message = f"metric unavailable: {value.reason}"
+            if value.needs_baseline and self.no_baseline:
+                self.rules.append(GateRule(name, metric, None, threshold, op, True,
+                                           f"skipped: {self.no_baseline} (baseline: auto)", True))
+                return
             if self.skip_missing:
                 self.rules.append(GateRule(name, metric, None, threshold, op, True, f"skipped, {message}", True))
             else:
@@ -455,12 +486,23 @@ class _Rules:
                      threshold.label.format(key=repr(key)))
 
 
+def _check_path(summary: dict[str, Any], path: str) -> tuple[str, Any] | None:
+    """``(check name, its metrics)`` for a ``checks.<name>...`` or ``objects.checks.<name>...`` path, else None."""
+    parts = path.split(".")
+    if parts[0] == "objects" and len(parts) > 2 and parts[1] == "checks":
+        return parts[2], ((summary.get("objects") or {}).get("checks") or {}).get(parts[2])
+    if len(parts) > 1 and parts[0] == "checks":
+        return parts[1], (summary.get("checks") or {}).get(parts[1])
+    return None
+
+
 def _check_state(summary: dict[str, Any], path: str) -> Unavailable | None:
     """Why the check a ``checks.<name>...`` path belongs to has no metrics (did not run, was skipped), if so."""
-    parts = path.split(".")
-    if len(parts) < 2 or parts[0] != "checks":
+    found = _check_path(summary, path)
+    if found is None:
         return None
-    metrics = (summary.get("checks") or {}).get(parts[1])
+    parts = ["checks", found[0]]
+    metrics = found[1]
     if metrics is None:
         return Unavailable(f"the {parts[1]} check did not run")
     if isinstance(metrics, dict) and "skipped" in metrics:
@@ -470,13 +512,13 @@ def _check_state(summary: dict[str, Any], path: str) -> Unavailable | None:
 
 def _null_reason(summary: dict[str, Any], path: str) -> str | None:
     """The reason a check recorded for a null metric (``null_reasons``: by metric name, or for the whole check)."""
-    parts = path.split(".")
-    if len(parts) < 2 or parts[0] != "checks":
+    found = _check_path(summary, path)
+    if found is None:
         return None
-    reasons = ((summary.get("checks") or {}).get(parts[1]) or {}).get("null_reasons")
+    reasons = (found[1] or {}).get("null_reasons")
     if not isinstance(reasons, dict):
         return None
-    reason = reasons.get(parts[-1]) or reasons.get(parts[1])
+    reason = reasons.get(path.split(".")[-1]) or reasons.get(found[0])
     return str(reason) if reason else None
 
 
@@ -545,7 +587,8 @@ def _ratchet(rules: _Rules, run: RunResults, baseline: RunResults | None, tolera
     ratchets = declared_ratchets()
     if baseline is None:
         rules.add("ratchet", "baseline",
-                  Unavailable("ratchet needs a baseline run (pass --baseline PREVIOUS_RUN_DIR)"), None, "<=", "ratchet")
+                  Unavailable("ratchet needs a baseline run (pass --baseline PREVIOUS_RUN_DIR or auto)",
+                              needs_baseline=True), None, "<=", "ratchet")
         return
     compared = 0
     for ratchet in ratchets:

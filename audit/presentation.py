@@ -40,7 +40,8 @@ FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-ser
 class ReportLimits:
     """Caps that keep a report of a very large run quick to open; the report states each one it applies."""
 
-    map_background_points: int = 20_000  # non-suspect points on the map (all suspects are always drawn)
+    map_background_points: int = 20_000  # non-suspect points on the map
+    map_suspect_points: int = 20_000  # suspects on the map: the worst ones (review-queue order) beyond this
     gallery: int = 200  # worst suspects shown as cards
     suspect_thumbnails: int = 1_000  # worst suspects with a hover thumbnail on the map
     other_thumbnails: int = 300  # random other map points with a hover thumbnail
@@ -67,6 +68,8 @@ class SectionInput:
 def check_state(run: RunResults, name: str) -> dict[str, Any]:
     """``{"status": "ok"|"skipped"|"absent", "metrics": dict, "reason": str}`` for a check."""
     metrics = run.check_metrics(name)
+    if metrics is None:
+        metrics = ((run.summary.get("objects") or {}).get("checks") or {}).get(name)  # an object-level check
     if metrics is None:
         return {"status": "absent", "metrics": {}, "reason": f"the {name} check did not run"}
     if "skipped" in metrics:
@@ -189,3 +192,31 @@ def make_thumbnails(paths: dict[str, Any], size: int) -> dict[str, str | None]:
     return dict(zip(ids, uris, strict=True))
 
 
+
+
+def box_thumbnail(path: str | os.PathLike | None, box: tuple[float, float, float, float], size: int = 128,
+                  context: float = 1.0) -> str | None:
+    """A data URI of the region around a box (the box and ``context`` times its size on each side) with the box
+    drawn on it: how a reviewer sees a suspect object in its image."""
+    if path is None or (isinstance(path, float) and math.isnan(path)):
+        return None
+    from PIL import Image, ImageDraw
+
+    from audit.sources import load_image
+
+    image, _ = load_image(path)
+    if image is None:
+        return None
+    x, y, w, h = (float(v) for v in box)
+    left, top = max(0.0, x - context * w), max(0.0, y - context * h)
+    right, bottom = min(image.width, x + w + context * w), min(image.height, y + h + context * h)
+    region = image.crop((int(left), int(top), math.ceil(right), math.ceil(bottom))).convert("RGB")
+    scale = size / max(region.width, region.height, 1)
+    region = region.resize((max(1, round(region.width * scale)), max(1, round(region.height * scale))),
+                           Image.Resampling.LANCZOS)
+    draw = ImageDraw.Draw(region)
+    draw.rectangle([(x - int(left)) * scale, (y - int(top)) * scale, (x - int(left) + w) * scale,
+                    (y - int(top) + h) * scale], outline=(238, 102, 119), width=2)
+    buffer = io.BytesIO()
+    region.save(buffer, format="PNG")
+    return f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"

@@ -7,6 +7,10 @@ Layout of ``reports/<run-name>/``::
     embeddings.npy       float32 (n, d); row ``embedding_row`` of samples.parquet (-1: none)
     annotations.parquet  long table sample_id, annotator, label (only with several annotators)
     pred_probs.npy       (n, k) predicted probabilities the mistakes check used (optional)
+    objects.parquet      one row per object (box / instance mask) of a detection dataset, index ``object_id``:
+                         the canonical object columns (see audit.sources.objects), ``audited`` (the objects the
+                         object checks audit), ``umap_x, umap_y`` and the object checks' prefixed columns
+    object_embeddings.npy  float32 crop embeddings, row ``embedding_row`` of objects.parquet (-1: none)
 
 Per-sample columns written by the core pipeline: ``filepath, label, split, readable, problems, content_hash,
 embedding_row, umap_x, umap_y``; each check adds columns prefixed with its name. ``problems`` is a
@@ -32,10 +36,27 @@ SUMMARY_FILE = "summary.json"
 EMBEDDINGS_FILE = "embeddings.npy"
 ANNOTATIONS_FILE = "annotations.parquet"
 PRED_PROBS_FILE = "pred_probs.npy"
+OBJECTS_FILE = "objects.parquet"
+OBJECT_EMBEDDINGS_FILE = "object_embeddings.npy"
 
 
 class RunNotFoundError(FileNotFoundError):
     """The folder is not a label-audit run (or was written by an incompatible version)."""
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back; there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Give the temporary file the permissions any file the user writes gets (0666 minus the umask; mkstemp makes
+    it 0600, which a CI artifact server or a web server running as another user could not read), then rename it
+    into place so readers never see half a file."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -45,7 +66,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -61,7 +82,7 @@ def _atomic_save(path: Path, writer) -> None:
     os.close(fd)
     try:
         writer(tmp)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -106,6 +127,24 @@ class RunResults:
         return pd.read_parquet(file) if file.is_file() else None
 
     @cached_property
+    def objects(self) -> pd.DataFrame | None:
+        """The run's objects (detection datasets), or None."""
+        file = self.path / OBJECTS_FILE
+        if not file.is_file():
+            return None
+        table = pd.read_parquet(file)
+        return table.set_index("object_id") if "object_id" in table.columns else table
+
+    @cached_property
+    def object_embeddings(self) -> np.ndarray | None:
+        file = self.path / OBJECT_EMBEDDINGS_FILE
+        return np.load(file, mmap_mode="r") if file.is_file() else None
+
+    def object_metrics(self, name: str) -> dict[str, Any] | None:
+        """The run-level metrics an object-level check wrote, or None when it did not run."""
+        return ((self.summary.get("objects") or {}).get("checks") or {}).get(name)
+
+    @cached_property
     def pred_probs(self) -> np.ndarray | None:
         file = self.path / PRED_PROBS_FILE
         return np.load(file) if file.is_file() else None
@@ -140,6 +179,8 @@ def write_run(
     embeddings: np.ndarray | None = None,
     annotations: pd.DataFrame | None = None,
     pred_probs: np.ndarray | None = None,
+    objects: pd.DataFrame | None = None,
+    object_embeddings: np.ndarray | None = None,
 ) -> RunResults:
     """Write a run folder atomically file by file; ``summary.json`` goes last so a folder with it is complete."""
     path.mkdir(parents=True, exist_ok=True)
@@ -150,6 +191,12 @@ def write_run(
         _atomic_save(path / PRED_PROBS_FILE, lambda tmp: _save_npy(tmp, pred_probs))
     if annotations is not None and len(annotations):
         _atomic_save(path / ANNOTATIONS_FILE, lambda tmp: annotations.to_parquet(tmp, index=False))
+    if objects is not None:
+        table = objects.copy()
+        table.index.name = "object_id"
+        _atomic_save(path / OBJECTS_FILE, lambda tmp: table.reset_index().to_parquet(tmp, index=False))
+    if object_embeddings is not None:
+        _atomic_save(path / OBJECT_EMBEDDINGS_FILE, lambda tmp: _save_npy(tmp, object_embeddings))
     table = samples.copy()
     table.index.name = "sample_id"
     _atomic_save(path / SAMPLES_FILE, lambda tmp: table.reset_index().to_parquet(tmp, index=False))
@@ -168,3 +215,67 @@ def update_summary(path: Path, key: str, value: Any) -> None:
 def _save_npy(tmp: str, array: np.ndarray) -> None:
     with open(tmp, "wb") as handle:
         np.save(handle, np.asarray(array))
+
+
+# ------------------------------------------------------------------------------------------- run history
+
+
+def dataset_key(summary: dict[str, Any]) -> str:
+    """What identifies "the same dataset" across weekly runs: its source kind and path (or FiftyOne name)."""
+    dataset = summary.get("dataset") or {}
+    where = dataset.get("path") or dataset.get("name") or ""
+    return f"{dataset.get('kind', '')}:{where}"
+
+
+@dataclass
+class RunRecord:
+    """A run folder found in an output folder, its summary read leniently (any schema version)."""
+
+    path: Path
+    summary: dict[str, Any]
+
+    @property
+    def created_at(self) -> str:
+        return str(self.summary.get("created_at") or "")
+
+    @property
+    def name(self) -> str:
+        return str(self.summary.get("run_name") or self.path.name)
+
+    @property
+    def schema_version(self) -> str:
+        return str(self.summary.get("schema_version", "0"))
+
+    @property
+    def readable(self) -> bool:
+        """Whether this version of label-audit can open it as a run (same schema major version)."""
+        return self.schema_version.split(".")[0] == SCHEMA_VERSION.split(".")[0]
+
+
+def list_runs(output_dir: str | os.PathLike) -> list[RunRecord]:
+    """Every run folder directly inside ``output_dir``, oldest first (by the time the run was created)."""
+    root = Path(output_dir)
+    records = []
+    if not root.is_dir():
+        return records
+    for child in root.iterdir():
+        file = child / SUMMARY_FILE
+        if not child.is_dir() or not file.is_file():
+            continue
+        try:
+            summary = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(summary, dict):
+            records.append(RunRecord(child, summary))
+    return sorted(records, key=lambda r: (r.created_at, r.name))
+
+
+def previous_run(output_dir: str | os.PathLike, key: str, before: str | None = None,
+                 exclude: Path | None = None) -> RunRecord | None:
+    """The latest run of the same dataset (``dataset_key``) in ``output_dir`` created before ``before`` (ISO time;
+    None: any), that this version can read; None when there is none."""
+    candidates = [r for r in list_runs(output_dir)
+                  if r.readable and dataset_key(r.summary) == key and (before is None or r.created_at < before)
+                  and (exclude is None or r.path.resolve() != Path(exclude).resolve())]
+    return candidates[-1] if candidates else None

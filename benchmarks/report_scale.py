@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -144,7 +145,7 @@ def synthetic_run(path: Path, n: int, photos: Sequence[str], n_classes: int = 10
     return write_run(path, samples, summary, embeddings=embeddings, annotations=annotations)
 
 
-def _browser_open_seconds(html: Path) -> float | None:
+def browser_open_seconds(html: Path) -> float | None:
     """Seconds from navigation until every plot is drawn, in headless Chromium (None when it is missing)."""
     try:
         from tests.report.browser import BrowserPage, find_chromium
@@ -163,8 +164,9 @@ def _browser_open_seconds(html: Path) -> float | None:
 
 def run(sizes: Sequence[int] = DEFAULT_SIZES, n_classes: int = 10, browser: bool = True,
         output: Path | None = RESULTS, work_dir: Path | None = None, seed: int = 0,
-        photo_pool: int = PHOTO_POOL) -> list[dict[str, Any]]:
-    """Render reports of synthetic runs of each size; return (and write to ``output``) one row per size."""
+        photo_pool: int = PHOTO_POOL, keep_html: Path | None = None) -> list[dict[str, Any]]:
+    """Render reports of synthetic runs of each size; return (and write to ``output``) one row per size.
+    ``keep_html``: copy the last report there (the run folders are temporary)."""
     from audit.report import ReportLimits, render_report
     from benchmarks.speed import make_photos
 
@@ -192,14 +194,17 @@ def run(sizes: Sequence[int] = DEFAULT_SIZES, n_classes: int = 10, browser: bool
                 "html_mb": round(html.stat().st_size / 2**20, 2),
                 "suspects_csv_bytes": (current.path / "suspects.csv").stat().st_size,
                 "map_points": _map_points(page),
+                "map_suspects": _map_points(page, suspects=True),
                 "map_background_cap": limits.map_background_points,
                 "gallery_cards": page.count('<figure class="suspect"'),
                 "hover_thumbnails": len(json.loads(spec.group(1))) if spec else 0,
-                "browser_open_seconds": (round(value, 2) if browser and (value := _browser_open_seconds(html))
+                "browser_open_seconds": (round(value, 2) if browser and (value := browser_open_seconds(html))
                                          is not None else None),
                 "build_seconds": round(build_seconds, 2),
             })
             print(_table(rows[-1:], header=len(rows) == 1), flush=True)
+            if keep_html is not None:
+                shutil.copyfile(html, keep_html)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps({
@@ -215,13 +220,25 @@ def run(sizes: Sequence[int] = DEFAULT_SIZES, n_classes: int = 10, browser: bool
     return rows
 
 
-def _map_points(page: str) -> int:
+def _map_points(page: str, suspects: bool = False) -> int:
+    """Points drawn on the map (or, with ``suspects``, ringed as suspects)."""
     match = re.search(r'id="figure-map">(.*?)</script>', page, re.S)
     if not match:
         return 0
     spec = json.loads(match.group(1))
+    if suspects:
+        return sum(_length(trace.get("x")) for trace in spec["data"] if trace.get("name") == "suspected mislabel")
     return sum(len(trace.get("customdata") or []) for trace in spec["data"]
                if trace.get("name") != "suspected mislabel")
+
+
+def _length(values: Any) -> int:
+    """Length of a Plotly data array, plain or typed (``{"dtype": "f4", "bdata": base64}``)."""
+    if isinstance(values, dict) and "bdata" in values:
+        import base64
+
+        return len(base64.b64decode(values["bdata"])) // np.dtype(values["dtype"]).itemsize
+    return len(values or [])
 
 
 COLUMNS = (("n_samples", "samples", "{:,}"), ("n_suspects", "suspects", "{:,}"),

@@ -13,7 +13,9 @@ Everything is measured in one process, one after the other, on the same images:
 * end to end: :func:`audit.embeddings.embed_samples` with its default settings and a cold cache, then again
   warm (every image cached); for comparison the same with the resize on PIL images, and the pre-optimisation
   path (per-image torchvision transform, worker processes);
-* accuracy: cosine between the default end-to-end vectors and the fp32 bare forward of torchvision's transform.
+* accuracy: cosine between the default end-to-end vectors and the fp32 bare forward of torchvision's transform,
+  on the same random weights: it shows what bf16 and the fast preprocessing change in this network, not the
+  cosine trained CLIP weights would give.
 """
 
 from __future__ import annotations

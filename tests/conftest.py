@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.labelstudio_server import LabelStudioServer, start_server
+
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,3 +64,29 @@ def tiny_clip(tmp_path_factory) -> tuple[Path, Path]:
     checkpoint = folder / "tinyclip-test.pt"
     torch.save(model.state_dict(), checkpoint)
     return config_file, checkpoint
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def labelstudio(tmp_path_factory) -> LabelStudioServer:
+    """One running Label Studio for the whole test session (integrations and sources alike; own venv
+    ``.ls-venv``, installed on first use), stopped after the session.
+
+    Its local-files document root is the session's temporary folder, so images that tests write under
+    ``tmp_path_factory`` can be served without copying. In CI a server that does not start fails the tests;
+    elsewhere (no registry to install from, say) the tests that need it are skipped with the reason.
+    """
+    root = tmp_path_factory.getbasetemp()
+    try:
+        server = start_server(tmp_path_factory.mktemp("label-studio-data"), root)
+    except Exception as exc:  # install or start failed: say why
+        message = f"Label Studio could not be installed or started: {exc}"
+        if _in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    print(f"\nLabel Studio started in {server.start_seconds:.1f} s at {server.url}")
+    yield server
+    server.stop()

@@ -60,7 +60,12 @@ def test_cli_help_explains_options(tmp_path: Path) -> None:
 def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
     result = _run_cli("run", "--folder", str(tmp_path / "nowhere"), "--embedder", "pixels", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
+    lines = result.stderr.strip().splitlines()
+    # stage lines ("[label-audit] sources ...") come first; the reason is one line, the last
+    assert lines[-1].startswith("label-audit: error:") and "does not exist" in lines[-1]
+    assert all(line.startswith("[label-audit] ") for line in lines[:-1])
+    quiet = _run_cli("run", "--quiet", "--folder", str(tmp_path / "nowhere"), "--embedder", "pixels", cwd=tmp_path)
+    assert quiet.returncode == 2 and quiet.stderr.strip().splitlines() == lines[-1:]
     result = _run_cli("run", cwd=tmp_path)
     assert result.returncode == 2 and "no source given" in result.stderr
     (tmp_path / "bad.yaml").write_text("source: {kind: folder, path: x\n")

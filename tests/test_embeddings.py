@@ -169,7 +169,8 @@ def test_batched_normalisation_matches_torchvision_transform(tiny_clip, digit_fo
 
     config_file, checkpoint = tiny_clip
     net, _, preprocess = open_clip.create_model_and_transforms(config_file.stem, pretrained=str(checkpoint))
-    assert split_clip_transform(preprocess) is not None
+    split = split_clip_transform(preprocess)
+    assert split is not None and split[1] == pytest.approx(open_clip.OPENAI_DATASET_MEAN)
     visual = net.visual.eval()
     samples = _samples(digit_folder)
     with torch.inference_mode():

@@ -587,10 +587,15 @@ def test_real_mislabel_rules_pass_on_little_noise_and_fail_on_much(demo_runs):
     rate = {n: demo_runs[n].check_metrics("mistakes")["issue_rate"] for n in ("clean", "noisy")}
     health = {n: demo_runs[n].check_metrics("mistakes")["label_health"] for n in ("clean", "noisy")}
     assert rate["clean"] < rate["noisy"] and health["clean"] > health["noisy"]
+    # A small class of the clean run can hold a few real errors (2% noise), so the per-class threshold sits between
+    # the two runs' worst classes, not between their overall rates.
+    worst = {n: max(v["issue_rate"] or 0.0 for v in demo_runs[n].check_metrics("mistakes")["per_class"].values())
+             for n in ("clean", "noisy")}
+    assert worst["clean"] < worst["noisy"]
     thresholds = {
         "max_issue_rate": round(between(rate["clean"], rate["noisy"]), 4),
         "min_label_health": round(between(health["clean"], health["noisy"]), 4),
-        "max_class_issue_rate": round(between(rate["clean"], rate["noisy"]), 4),
+        "max_class_issue_rate": round(between(worst["clean"], worst["noisy"]), 4),
     }
     passing, failing = gate.evaluate(clean, None, thresholds), gate.evaluate(noisy, None, thresholds)
     assert passing.passed, passing.lines()
@@ -602,7 +607,7 @@ def test_real_mislabel_rules_pass_on_little_noise_and_fail_on_much(demo_runs):
     for r in class_rules:
         assert r.value == per_class[r.name[len("max_class_issue_rate[") : -1]]["issue_rate"]
         assert r.passed == (r.value <= thresholds["max_class_issue_rate"])
-    assert sum(not r.passed for r in class_rules) >= 5
+    assert sum(not r.passed for r in class_rules) >= 1
 
 
 @pytest.mark.slow
@@ -679,7 +684,9 @@ def test_real_baseline_comparison_fails_on_a_class_shift(demo_runs):
 def test_real_ratchet(demo_runs):
     clean, noisy, shifted = demo_runs["clean"], demo_runs["noisy"], demo_runs["shifted"]
     worse = gate.evaluate(noisy, clean, {"ratchet": True})
-    assert {r.name for r in worse.rules} == {f"ratchet[{r.name}]" for r in gate.declared_ratchets()}
+    # every declared ratchet but the mask ones, whose metrics an image run does not have
+    assert {r.name for r in worse.rules} == {f"ratchet[{r.name}]" for r in gate.declared_ratchets()
+                                              if not r.metric.startswith("checks.mask")}
     assert {r.name for r in worse.failed_rules} >= {
         "ratchet[issue_rate]",
         "ratchet[label_health]",

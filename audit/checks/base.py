@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 import pandas as pd
 
-from audit.declarations import FiftyOneSpec, Ratchet, ReportSection, Threshold, Tile
+from audit.declarations import FiftyOneSpec, Ratchet, ReportSection, Threshold, Tile, Trend
 
 if TYPE_CHECKING:
     from audit.results import RunResults
 
-Requirement = Literal["embeddings", "pred_probs", "annotations", "baseline"]
+Requirement = Literal["embeddings", "pred_probs", "annotations", "baseline", "ledger", "object_annotators",
+                      "object_predictions"]
+Level = Literal["image", "object"]
 
 
 class CheckError(RuntimeError):
@@ -62,6 +64,15 @@ class CheckContext:
         Results of the checks that ran before this one (e.g. ``agreement`` gives ``mistakes`` its consensus).
     seed
         Seed for anything random, so a run is reproducible.
+    ledger
+        The review ledger carried forward from earlier runs (reviewers' verdicts, :mod:`audit.review`), or None.
+    extra
+        Level-specific inputs. For object-level checks (``level = "object"``), ``samples`` is the table of audited
+        objects (index ``object_id``, the canonical object columns plus ``filepath``, ``split``, ``readable``) and
+        ``embeddings`` their crop embeddings; ``extra`` holds ``objects`` (every object: all annotators and
+        detector predictions), ``images`` (the image table), ``agreement`` (the object agreement result, when
+        annotators drew boxes), and ``crops`` (``{check name: (boxes, embeddings)}``, the extra crops a check asked
+        for with :meth:`Check.extra_crops`).
     """
 
     samples: pd.DataFrame
@@ -73,6 +84,8 @@ class CheckContext:
     baseline: RunResults | None = None
     prior: dict[str, CheckResult] = field(default_factory=dict)
     seed: int = 0
+    ledger: pd.DataFrame | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sample_ids(self) -> pd.Index:
@@ -99,21 +112,25 @@ class CheckResult:
     samples: pd.DataFrame
     metrics: dict[str, Any]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    others: pd.DataFrame | None = None  # object checks: prefixed columns for objects besides the audited ones
 
 
 class Check:
     """Base class of a registered audit check: the contract, with empty declarations by default.
 
     Subclasses set ``name``, ``requires`` and ``description``, implement :meth:`run`, and declare what they offer:
-    ``thresholds`` / ``ratchets`` (gate), ``report_sections`` and :meth:`tiles` (report), ``fiftyone`` (export).
+    ``thresholds`` / ``ratchets`` (gate), ``report_sections`` and :meth:`tiles` (report), ``trends`` (the weekly
+    trends page), ``fiftyone`` (export).
     """
 
     name: ClassVar[str]
     requires: ClassVar[tuple[Requirement, ...]] = ()
     description: ClassVar[str] = ""
+    level: ClassVar[Level] = "image"
     thresholds: ClassVar[tuple[Threshold, ...]] = ()
     ratchets: ClassVar[tuple[Ratchet, ...]] = ()
     report_sections: ClassVar[tuple[ReportSection, ...]] = ()
+    trends: ClassVar[tuple[Trend, ...]] = ()
     fiftyone: ClassVar[FiftyOneSpec] = FiftyOneSpec()
 
     def run(self, context: CheckContext) -> CheckResult:
@@ -123,6 +140,18 @@ class Check:
     def tiles(cls, state: dict[str, Any]) -> list[Tile]:
         """Headline figures for the report from this check's state (``status``, ``metrics``, ``reason``)."""
         return []
+
+    @classmethod
+    def extra_crops(cls, items: pd.DataFrame, images: pd.DataFrame, seed: int) -> pd.DataFrame | None:
+        """Object-level checks: boxes (``sample_id, x, y, w, h`` and any label columns) besides the audited
+        objects whose crops the check needs embedded (e.g. background windows to learn what "no object" looks
+        like); the runner embeds them with the same embedder and cache and passes them in ``extra["crops"]``."""
+        return None
+
+    @classmethod
+    def summary_line(cls, metrics: dict[str, Any]) -> str:
+        """What the run's log says when the check ends (e.g. "84 suspected mislabels (4.7%)")."""
+        return f"skipped: {metrics['skipped']}" if "skipped" in metrics else "done"
 
     @classmethod
     def facts(cls, state: dict[str, Any]) -> list[tuple[str, str]]:

@@ -35,7 +35,7 @@ from audit.checks.base import (
     merge_params,
     register,
 )
-from audit.declarations import ReportSection, Threshold, Unavailable, as_number
+from audit.declarations import ReportSection, Threshold, Trend, Unavailable, as_number
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -54,7 +54,8 @@ def share_shift(summary: dict[str, Any], baseline: dict[str, Any] | None) -> dic
         recorded = metrics.get("baseline")
         deltas = recorded.get("deltas") if isinstance(recorded, dict) else None
         if not deltas:
-            return Unavailable("max_class_share_shift needs a baseline run (pass --baseline PREVIOUS_RUN_DIR)")
+            return Unavailable("max_class_share_shift needs a baseline run (pass --baseline PREVIOUS_RUN_DIR or auto)",
+                               needs_baseline=True)
         shifts: dict[str, Any] = {}
         for name, delta in deltas.items():
             path = f"checks.distribution.baseline.deltas.{name}.share_delta"
@@ -105,9 +106,21 @@ class DistributionCheck(Check):
                   "samples of class {key}", "every class must have at least this many samples (one rule per class)",
                   keys_from="class_names", absent_value=0),
     )
+    trends: ClassVar[tuple[Trend, ...]] = (
+        Trend("Class shares", "checks.distribution.classes.{key}.share", percent=True),
+    )
     report_sections: ClassVar[tuple[ReportSection, ...]] = (
         ReportSection("distribution", "Distribution", "_distribution.html.j2", lambda si: build_section(si), 10),
     )
+
+    @classmethod
+    def summary_line(cls, metrics: dict[str, Any]) -> str:
+        if "skipped" in metrics:
+            return f"skipped: {metrics['skipped']}"
+        shift = metrics.get("baseline") or {}
+        moved = (f"; largest share shift {shift['max_share_shift']:.1%} ({shift['max_share_shift_class']})"
+                 if shift.get("max_share_shift") is not None else "")
+        return f"{metrics['n_labelled']:,} labelled samples in {metrics['n_classes']} classes{moved}"
 
     def run(self, context: CheckContext) -> CheckResult:
         params = _merge_params(context.params)
@@ -116,6 +129,9 @@ class DistributionCheck(Check):
         labelled = labels.dropna().astype(str)
         splits = samples["split"].astype(str) if "split" in samples else pd.Series("all", index=samples.index)
 
+        if labelled.empty and context.extra.get("objects") is not None:
+            return CheckResult(self.name, pd.DataFrame(index=samples.index),
+                               {"skipped": "no image has a label of its own (the images carry boxes)"})
         counts = class_counts(labelled, context.class_names)
         present = counts[counts > 0]
         k = len(present)

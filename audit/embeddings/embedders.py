@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from audit.config import EmbedderConfig
 
 
+MISSING_WEIGHTS_ADVICE = (
+    "Without internet, download them elsewhere and copy the Hugging Face cache (~/.cache/huggingface), or "
+    "pass --pretrained /path/to/checkpoint.pt; or use --embedder pixels, or bring --embeddings FILE.npy")
+
+
 class EmbedderError(RuntimeError):
     """The embedder cannot be built (weights unavailable, unknown model) or its inputs are unusable."""
 
@@ -103,6 +108,25 @@ def clip_weights_available(model: str, pretrained: str | None) -> bool:
     return False
 
 
+def hub_offline_reason(timeout: float = 2.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached (``HF_HUB_OFFLINE`` set, or no connection within ``timeout``
+    seconds), or None when it can. Checked before a download so an offline machine fails at once instead of
+    after a minute of retries."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme != "http" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host} cannot be reached ({exc.strerror or exc})"
+    return None
+
+
 def _model_name(model: str) -> str:
     """A model given as a config .json is registered with open_clip under the file's stem."""
     path = Path(model)
@@ -142,14 +166,19 @@ def load_clip(model: str, pretrained: str | None, device: str = "auto", precisio
         raise EmbedderError(f"open_clip has no weights {pretrained!r} for {name} (known: {tags})")
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
+    if checkpoint is None and not clip_weights_available(model, pretrained):
+        offline = hub_offline_reason()
+        if offline is not None:  # fail now rather than after the hub client's retries
+            raise EmbedderError(
+                f"could not load CLIP weights {name}/{pretrained}: they are not in the local Hugging Face cache and "
+                f"{offline}. " + MISSING_WEIGHTS_ADVICE)
     try:
         net, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(checkpoint or pretrained),
                                                                     device=device)
     except Exception as exc:  # open_clip raises RuntimeError/HF errors/OSError for missing or broken weights
         raise EmbedderError(
             f"could not load CLIP weights {name}/{pretrained}: {str(exc).splitlines()[0][:200]}. "
-            "Without internet, download them elsewhere and copy the Hugging Face cache (~/.cache/huggingface), or "
-            "pass --pretrained /path/to/checkpoint.pt; or use --embedder pixels, or bring --embeddings FILE.npy"
+            + MISSING_WEIGHTS_ADVICE
         ) from exc
     identity = {
         "model": name,
@@ -337,3 +366,50 @@ def build_embedder(config: EmbedderConfig) -> Embedder:
     if config.kind == "clip":
         return load_clip(config.model, config.pretrained, config.device, config.precision)
     raise EmbedderError(f"embedder kind {config.kind!r} does not compute embeddings")
+
+
+class LazyEmbedder:
+    """An embedder whose model is loaded on first need.
+
+    It knows its cache folder (``cache_key``), vector size and description from the identity an earlier run
+    recorded for the same request (:func:`audit.embeddings.cache.lookup_identity`), so a run whose every image is
+    cached never loads the model (for CLIP, hundreds of MB and seconds to minutes). :meth:`load` builds the real
+    embedder and records its identity for the next run.
+    """
+
+    lazy = True
+
+    def __init__(self, config: EmbedderConfig, cache_root: Path, request: str, known: dict) -> None:
+        self.config, self.cache_root, self.request, self.known = config, cache_root, request, known
+        self.cache_key: str = known["cache_key"]
+        self.dim: int = int(known["dim"])
+        self.name: str = str(known["describe"].get("name", config.kind))
+        self.kind: str = str(known["describe"].get("kind", config.kind))
+        self._loaded: Embedder | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return self._loaded.describe() if self._loaded is not None else dict(self.known["describe"])
+
+    def load(self) -> Embedder:
+        if self._loaded is None:
+            from audit.embeddings.cache import record_identity
+
+            self._loaded = build_embedder(self.config)
+            record_identity(self.cache_root, self.request, self._loaded)
+        return self._loaded
+
+
+def embedder_for_run(config: EmbedderConfig, cache_root: Path, use_cache: bool = True) -> Embedder | LazyEmbedder:
+    """The embedder a run uses: for CLIP, lazy when an earlier run recorded what this config resolves to (and the
+    cache is on); otherwise built now (pixels cost nothing to build; ``auto`` must look for weights each time)."""
+    from audit.embeddings.cache import embedder_request, lookup_identity, record_identity
+
+    request = embedder_request(config)
+    if use_cache and config.kind == "clip":
+        known = lookup_identity(cache_root, request)
+        if known is not None:
+            return LazyEmbedder(config, cache_root, request, known)
+    embedder = build_embedder(config)
+    if use_cache:
+        record_identity(cache_root, request, embedder)
+    return embedder

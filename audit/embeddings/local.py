@@ -1,5 +1,8 @@
 """The local embedding engine: hash every image, embed what the cache lacks (decoded in parallel), return
-vectors in sample order with the problems found while decoding."""
+vectors in sample order with the problems and pixel statistics found while decoding.
+
+The model is loaded only when an image needs embedding: an :class:`~audit.embeddings.embedders.LazyEmbedder`
+knows its cache folder from the last run, so an unchanged weekly re-run never loads it."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,22 +31,35 @@ class _DecodeDataset:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        from audit.sources import load_image
+        image, problems, stats = decode_with_stats(self.paths[index], self.draft_size)
+        return index, (None if image is None else self.preprocess(image)), problems, stats
 
-        image, problems = load_image(self.paths[index], draft_size=self.draft_size)
-        return index, (None if image is None else self.preprocess(image)), problems
+
+def decode_with_stats(path: str, draft_size: int | None) -> tuple:
+    """The decoded image, its problem codes, and its pixel statistics (``STAT_KEYS`` order; None if unreadable)."""
+    from audit.sources.images import STAT_KEYS, image_stats, load_image
+
+    image, problems = load_image(path, draft_size=draft_size)
+    if image is None:
+        return None, problems, None
+    values = image_stats(image)
+    values["width"], values["height"] = map(float, image.info.get("original_size", image.size))
+    values["aspect_ratio"] = values["width"] / values["height"] if values["height"] else float("nan")
+    return image, problems, np.array([values[k] for k in STAT_KEYS], dtype=np.float32)
 
 
 def _collate(items):
-    import torch
-
-    indices = [i for i, x, _ in items if x is not None]
-    tensors = [x for _, x, _ in items if x is not None]
-    if tensors and isinstance(tensors[0], np.ndarray):
+    indices = [i for i, x, _, _ in items if x is not None]
+    tensors = [x for _, x, _, _ in items if x is not None]
+    if not tensors:
+        batch = None
+    elif isinstance(tensors[0], np.ndarray):
         batch = np.stack(tensors)
     else:
-        batch = torch.stack(tensors) if tensors else None
-    return indices, batch, [(i, p, x is None) for i, x, p in items]
+        import torch
+
+        batch = torch.stack(tensors)
+    return indices, batch, [(i, p, x is None, s) for i, x, p, s in items]
 
 
 def _worker_init(_: int) -> None:
@@ -93,6 +110,8 @@ class EmbeddingOutcome:
     n_cached: int
     n_embedded: int
     timings: dict[str, float] = field(default_factory=dict)
+    stats: np.ndarray | None = None  # (n_samples, len(STAT_KEYS)) pixel statistics, NaN where unknown
+    model_loaded: bool = True
 
 
 def default_workers() -> int:
@@ -104,6 +123,20 @@ def default_workers() -> int:
     return max(1, min(cores, 8))
 
 
+def hash_files(paths: list[str], progress: Any = False) -> list[str | None]:
+    """Content hashes of the files (None for a missing one), read in parallel."""
+    from audit.progress import as_progress
+
+    bar = as_progress(progress).bar(len(paths), "hashing images", "files")
+    out: list[str | None] = []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for digest in pool.map(hash_file, paths, chunksize=64):
+            out.append(digest)
+            bar.update(1)
+    bar.close()
+    return out
+
+
 def embed_samples(
     samples: pd.DataFrame,
     embedder: Embedder,
@@ -111,60 +144,90 @@ def embed_samples(
     use_cache: bool = True,
     batch_size: int = 64,
     workers: int | None = None,
-    progress: bool = True,
+    progress: Any = True,
     decoding: str = "auto",
+    hashes: list[str | None] | None = None,
+    flush_seconds: float = 30.0,
 ) -> EmbeddingOutcome:
     """Embed every sample whose file can be decoded; cached images are not decoded again.
 
-    ``decoding``: ``threads`` (decode a batch on all cores, then run the model: best when the model runs on the
-    CPU), ``processes`` (workers decode ahead while the model runs: best on a GPU), or ``auto`` (by device).
+    ``embedder`` may be a :class:`~audit.embeddings.embedders.LazyEmbedder`: its model is loaded only if an image
+    is missing from the cache. ``decoding``: ``threads`` (decode a batch on all cores, then run the model: best
+    when the model runs on the CPU), ``processes`` (workers decode ahead while the model runs: best on a GPU), or
+    ``auto`` (by device). ``progress``: a bool or an :class:`audit.progress.Progress`. ``hashes``: content hashes
+    already computed (one per sample). Finished work is flushed to the cache every ``flush_seconds``.
     """
-    from tqdm.auto import tqdm
-
+    from audit.progress import as_progress
     from audit.sources import UNREADABLE
+    from audit.sources.images import STAT_KEYS
 
+    reporter = as_progress(progress)
     started = time.perf_counter()
     paths = samples["filepath"].astype(str).tolist()
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        hashes = list(tqdm(pool.map(hash_file, paths, chunksize=64), total=len(paths), desc="hashing images",
-                           disable=not progress or None, leave=False))
+    if hashes is None:
+        hashes = hash_files(paths, reporter)
     timings = {"hash": time.perf_counter() - started}
-    cache = EmbeddingCache(cache_dir or DEFAULT_CACHE_DIR, embedder) if use_cache else None
-    results: dict[str, tuple[np.ndarray | None, str]] = {}
-    todo_keys: list[str] = []
-    todo_paths: list[str] = []
-    for path, key in zip(paths, hashes, strict=True):
-        if key is None or key in results:
-            continue
-        if cache is not None and key in cache:
-            results[key] = cache.get(key)
-        else:  # a duplicate of this content is caught by ``key in results`` above (a list lookup was O(n^2))
-            results[key] = (None, "")  # placeholder, filled below
-            todo_keys.append(key)
-            todo_paths.append(path)
+    root = cache_dir or DEFAULT_CACHE_DIR
+
+    def plan(cache: EmbeddingCache | None) -> tuple[dict, list[str], list[str], list[str]]:
+        """What the cache has, what must be embedded, and what needs only its pixel statistics."""
+        results: dict[str, tuple[np.ndarray | None, str]] = {}
+        todo_keys: list[str] = []
+        todo_paths: list[str] = []
+        stats_only: list[str] = []
+        for path, key in zip(paths, hashes, strict=True):
+            if key is None or key in results:
+                continue  # a duplicate of this content is caught by ``key in results``
+            if cache is not None and key in cache:
+                results[key] = cache.get(key)
+                if cache.stats(key) is None and not set(results[key][1].split(";")) & UNREADABLE:
+                    stats_only.append(path)
+            else:
+                results[key] = (None, "")  # placeholder, filled below
+                todo_keys.append(key)
+                todo_paths.append(path)
+        return results, todo_keys, todo_paths, stats_only
+
+    cache = EmbeddingCache(root, embedder, flush_seconds=flush_seconds) if use_cache else None
+    results, todo_keys, todo_paths, stats_only = plan(cache)
+    loaded = not getattr(embedder, "lazy", False)
+    if todo_paths and not loaded:
+        embedder = embedder.load()  # something needs the model: load it (its real identity may differ)
+        loaded = True
+        if cache is not None and embedder.cache_key != cache.key:
+            cache = EmbeddingCache(root, embedder, flush_seconds=flush_seconds)
+            results, todo_keys, todo_paths, stats_only = plan(cache)
     n_cached = len(results) - len(todo_keys)
+    image_stats: dict[str, np.ndarray] = {}
     step = time.perf_counter()
     workers = default_workers() if workers is None else workers
     try:
-        with tqdm(total=len(todo_paths), desc=f"embedding ({embedder.name})", unit="img",
-                  disable=not progress or None) as bar:
+        if todo_paths:
+            bar = reporter.bar(len(todo_paths), f"embedding ({embedder.name})", "img")
             for indices, batch, infos in _batches(todo_paths, embedder, batch_size, workers, decoding):
                 vectors = embedder.forward(batch) if batch is not None else np.empty((0, embedder.dim), np.float32)
                 by_index = dict(zip(indices, vectors, strict=True))
-                for index, problems, unreadable in infos:
+                for index, problems, unreadable, stats in infos:
                     key = todo_keys[index]
                     vector = by_index.get(index)
                     results[key] = (vector, ";".join(problems))
+                    if stats is not None:
+                        image_stats[key] = stats
                     if cache is not None:
-                        cache.put(key, vector, ";".join(problems), unreadable)
+                        cache.put(key, vector, ";".join(problems), unreadable, stats)
                 bar.update(len(infos))
+            bar.close()
     finally:
         if cache is not None:
             cache.flush()
     timings["embed"] = time.perf_counter() - step
+    if stats_only:  # cache entries from before pixel statistics were kept: decode once more, without the model
+        for key, stats in _stats_by_hash(stats_only, paths, hashes, workers).items():
+            image_stats[key] = stats
     rows = np.full(len(paths), -1, dtype=np.int64)
     found: dict[str, list[str]] = {}
     vectors_out: list[np.ndarray] = []
+    stats_matrix = np.full((len(paths), len(STAT_KEYS)), np.nan, dtype=np.float32)
     for i, (sample_id, key) in enumerate(zip(samples.index, hashes, strict=True)):
         if key is None:
             continue  # missing file: already recorded by the source
@@ -175,7 +238,37 @@ def embed_samples(
         if vector is not None and not (set(codes) & UNREADABLE):
             rows[i] = len(vectors_out)
             vectors_out.append(np.asarray(vector, dtype=np.float32))
+        stats = image_stats.get(key)
+        if stats is None and cache is not None:
+            stats = cache.stats(key)
+        if stats is not None:
+            stats_matrix[i] = stats
     matrix = np.stack(vectors_out) if vectors_out else np.empty((0, embedder.dim), np.float32)
     timings["total"] = time.perf_counter() - started
     return EmbeddingOutcome(vectors=matrix, rows=rows, hashes=hashes, problems=found, n_cached=n_cached,
-                            n_embedded=len(todo_keys), timings=timings)
+                            n_embedded=len(todo_keys), timings=timings, stats=stats_matrix, model_loaded=loaded)
+
+
+def stats_for_files(paths: list[str], hashes: list[str | None], workers: int) -> np.ndarray:
+    """``(n, len(STAT_KEYS))`` pixel statistics of the files (NaN rows for missing or unreadable ones), decoded in
+    parallel, without a model: for runs whose embeddings are the user's own."""
+    from audit.sources.images import STAT_KEYS
+
+    found = _stats_by_hash([p for p, h in zip(paths, hashes, strict=True) if h], paths, hashes, workers)
+    out = np.full((len(paths), len(STAT_KEYS)), np.nan, np.float32)
+    for i, key in enumerate(hashes):
+        if key in found:
+            out[i] = found[key]
+    return out
+
+
+def _stats_by_hash(wanted: list[str], paths: list[str], hashes: list[str | None],
+                   workers: int) -> dict[str, np.ndarray]:
+    """Pixel statistics of the given files by content hash (decoded in parallel, no model)."""
+    key_of = dict(zip(paths, hashes, strict=True))
+    out: dict[str, np.ndarray] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for path, (_, _, stats) in zip(wanted, pool.map(lambda p: decode_with_stats(p, None), wanted), strict=True):
+            if stats is not None and key_of.get(path):
+                out[key_of[path]] = stats
+    return out

@@ -52,6 +52,7 @@ WORKSPACE = "label-audit"
 DEFAULT_LABEL_FIELD = "ground_truth"
 INFO_KEY = "label_audit"
 _FIELD_TYPES = {"float": "FloatField", "bool": "BooleanField", "string": "StringField"}
+_MEDIA_LABELS = {"segmentation": "Segmentation", "heatmap": "Heatmap"}  # labels stored as a file path (0..255)
 
 
 class FiftyOneExportError(ValueError):
@@ -99,6 +100,9 @@ def _field_specs(fo) -> dict[str, tuple[Any, dict[str, Any], str]]:
         if field.kind == "classification":
             specs[field.name] = (fo.EmbeddedDocumentField, {"embedded_doc_type": fo.Classification},
                                  field.description)
+        elif field.kind in _MEDIA_LABELS:
+            specs[field.name] = (fo.EmbeddedDocumentField,
+                                 {"embedded_doc_type": getattr(fo, _MEDIA_LABELS[field.kind])}, field.description)
         elif field.kind == "string_list":
             specs[field.name] = (fo.ListField, {"subfield": fo.StringField}, field.description)
         else:
@@ -267,8 +271,8 @@ def _set_classifications(dataset, field: str, wanted: dict[str, tuple[str, float
     A Classification already there is edited in place, so its id, and any label tags a reviewer put on it,
     survive a re-export; only samples without one get a new Classification.
     """
-    if not wanted:
-        return
+    if not wanted or (all(v is None for v in wanted.values()) and field not in dataset.get_field_schema()):
+        return  # nothing to write (a detection dataset's images carry no label of their own)
     current: dict[str, Any] = {}
     if field in dataset.get_field_schema():
         ids, label_ids = dataset.select(list(wanted)).values(["id", f"{field}.id"])
@@ -290,17 +294,38 @@ def _write_fields(run, dataset, matched: list[str | None], fo) -> list[str]:
     values, classifications = _per_sample_values(run)
     keep = [i for i, m in enumerate(matched) if m is not None]
     ids = [matched[i] for i in keep]
+    media = {f.name: f.kind for f in declared()[0] if f.kind in _MEDIA_LABELS}
     for field, column in values.items():
         by_id = {ids[j]: column[i] for j, i in enumerate(keep)}
         if field in classifications:
             _set_classifications(dataset, field, by_id, fo)
+        elif field in media:
+            dataset.set_values(field, {i: _media_label(media[field], path, fo) for i, path in by_id.items()},
+                               key_field="id", progress=False)
         else:
             dataset.set_values(field, by_id, key_field="id", progress=False)
     others = dataset.exclude(ids)
     if len(others):
         for field in values:
             others.clear_sample_field(field)
+    _set_mask_targets(run, dataset)
     return ids
+
+
+def _media_label(kind: str, path: str | None, fo) -> Any:
+    """A Segmentation or Heatmap (values 0..255) read by the App from a file the run keeps, or None."""
+    if path is None:
+        return None
+    return fo.Segmentation(mask_path=path) if kind == "segmentation" else fo.Heatmap(map_path=path, range=[0, 255])
+
+
+def _set_mask_targets(run, dataset) -> None:
+    """The class each value of our segmentation fields stands for (the App's legend and colours)."""
+    targets = {f.name: f.targets(run) for f in declared()[0] if f.targets is not None}
+    targets = {name: t for name, t in targets.items() if t}
+    if targets:
+        dataset.mask_targets = {**(dataset.mask_targets or {}), **targets}
+        dataset.save()
 
 
 def _write_tags(run, dataset, matched: list[str | None]) -> dict[str, int]:
@@ -365,6 +390,94 @@ def _write_brain_results(run, dataset, matched: list[str | None], label_field: s
     return written
 
 
+FIELD_OBJECTS = "label_audit_objects"
+FIELD_PREDICTIONS = "label_audit_predictions"
+TAG_SUSPECT_BOX = "suspect_box"
+VIEW_SUSPECT_BOXES = "la-suspect-boxes"
+OBJECT_VISUALIZATION_KEY = "label_audit_object_umap"
+
+
+def _object_attributes(objects: pd.DataFrame) -> list[str]:
+    """The object checks' own columns (prefixed with an object-level check's name), written as label attributes."""
+    from audit.checks import REGISTRY
+
+    prefixes = tuple(f"{name}_" for name, check in REGISTRY.items() if getattr(check, "level", "image") == "object")
+    return [c for c in objects.columns if c.startswith(prefixes)]
+
+
+def _detections(rows: pd.DataFrame, attributes: list[str], fo) -> Any:
+    """One sample's boxes as FiftyOne Detections (relative boxes; instance masks cut to their box)."""
+    from audit.geometry import rle_to_mask
+
+    detections = []
+    for object_id, row in rows.iterrows():
+        extra = {c: _clean(row[c]) for c in attributes if c in row.index}
+        extra = {k: v for k, v in extra.items() if v is not None and not isinstance(v, list | dict)}
+        quality = extra.get("object_mistakes_label_quality")
+        detection = fo.Detection(label=str(row["label"]), bounding_box=[float(row["xn"]), float(row["yn"]),
+                                                                        float(row["wn"]), float(row["hn"])],
+                                 confidence=_clean(row.get("score")) if quality is None else quality,
+                                 label_audit_object_id=str(object_id),
+                                 label_audit_annotator=str(row.get("annotator") or ""), **extra)
+        if extra.get("object_mistakes_is_issue"):
+            detection.tags = [TAG_SUSPECT_BOX]
+        mask = row.get("mask")
+        if isinstance(mask, str) and mask:
+            full = rle_to_mask(mask, int(row["image_height"]), int(row["image_width"]))
+            x, y = int(row["x"]), int(row["y"])
+            detection.mask = full[y:y + max(1, round(float(row["h"]))), x:x + max(1, round(float(row["w"])))]
+        detections.append(detection)
+    return fo.Detections(detections=detections)
+
+
+def _write_objects(run, dataset, matched: list[str | None], fo) -> dict[str, Any]:
+    """A detection run's boxes: the audited ones (with the object checks' attributes and a ``suspect_box`` label
+    tag) in ``label_audit_objects``, a detector's in ``label_audit_predictions``, a saved view of the suspect
+    boxes, and the map of boxes as a brain visualization on those patches."""
+    objects = run.objects
+    if objects is None:
+        return {}
+    import fiftyone.brain as fob
+
+    by_sample = dict(zip(run.samples.index.astype(str), matched, strict=True))
+    attributes = _object_attributes(objects)
+    audited = objects[objects["audited"].fillna(False).astype(bool)] if "audited" in objects else objects
+    written: dict[str, Any] = {"views": [], "brain_keys": []}
+    for field, table in ((FIELD_OBJECTS, audited),
+                         (FIELD_PREDICTIONS, objects[objects["annotator"].astype(str) == "predictions"])):
+        if table.empty:
+            continue
+        values = {}
+        for sample_id, rows in table.groupby(table["sample_id"].astype(str)):
+            if by_sample.get(sample_id) is not None:
+                values[by_sample[sample_id]] = _detections(rows, attributes, fo)
+        for fo_id in matched:  # a sample without boxes gets an empty list, not last week's boxes
+            if fo_id is not None and fo_id not in values:
+                values[fo_id] = fo.Detections(detections=[])
+        dataset.set_values(field, values, key_field="id", progress=False)
+        written[field] = len(table)
+    if FIELD_OBJECTS in written:
+        F = fo.ViewField
+        view = dataset.filter_labels(FIELD_OBJECTS, F("object_mistakes_is_issue") == True)  # noqa: E712
+        dataset.save_view(VIEW_SUSPECT_BOXES, view, description=f"Boxes label-audit suspects (run {run.name})",
+                          overwrite=True)
+        written["views"].append(VIEW_SUSPECT_BOXES)
+        if dataset.has_brain_run(OBJECT_VISUALIZATION_KEY):
+            dataset.delete_brain_run(OBJECT_VISUALIZATION_KEY)
+        ids, object_ids = dataset.values([f"{FIELD_OBJECTS}.detections.id",
+                                          f"{FIELD_OBJECTS}.detections.label_audit_object_id"], unwind=True)
+        xy = audited[["umap_x", "umap_y"]].to_numpy(float) if {"umap_x", "umap_y"} <= set(audited) else None
+        if xy is not None and np.isfinite(xy).any():
+            where = dict(zip(audited.index.astype(str), xy, strict=True))
+            points = {label_id: where[oid] for label_id, oid in zip(ids, object_ids, strict=True)
+                      if oid in where and np.isfinite(where[oid]).all()}
+            if points:
+                fob.compute_visualization(dataset, patches_field=FIELD_OBJECTS, points=points,
+                                          brain_key=OBJECT_VISUALIZATION_KEY, progress=False)
+                written["brain_keys"].append(OBJECT_VISUALIZATION_KEY)
+    return written
+
+
 def export_run(run_dir: Path, dataset_name: str | None = None) -> str:
     """Write a run's per-sample results, tags, review views and embeddings map into a FiftyOne dataset.
 
@@ -394,12 +507,16 @@ def export_run(run_dir: Path, dataset_name: str | None = None) -> str:
     tag_counts = _write_tags(run, dataset, matched)
     views = _save_views(run, dataset, fo)
     brain_keys = _write_brain_results(run, dataset, matched, label_field, fo)
+    object_record = _write_objects(run, dataset, matched, fo)
+    views += object_record.pop("views", [])
+    brain_keys += object_record.pop("brain_keys", [])
     info = dict(dataset.info or {})
     record = dict(info.get(INFO_KEY, {}))
     record.update({
         "run": run.name, "run_dir": str(Path(run_dir).resolve()),
         "run_created_at": run.summary.get("created_at"),
         "label_field": label_field, "views": views, "brain_keys": brain_keys, "tags": tag_counts,
+        "objects": object_record,
         "samples_matched": sum(m is not None for m in matched), "samples_missing": matched.count(None),
     })
     info[INFO_KEY] = record

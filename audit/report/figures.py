@@ -39,6 +39,11 @@ class MapSample:
     n_with_coordinates: int
     n_suspects: int
     n_background_shown: int
+    n_suspects_shown: int | None = None  # None: every suspect
+
+    def __post_init__(self) -> None:
+        if self.n_suspects_shown is None:
+            self.n_suspects_shown = self.n_suspects
 
     @property
     def decimated(self) -> bool:
@@ -51,11 +56,14 @@ def is_suspect(samples: pd.DataFrame) -> pd.Series:
     return samples["mistakes_is_issue"].fillna(False).astype(bool)
 
 
-def map_sample(run: RunResults, max_background: int = 20_000, seed: int = 0) -> MapSample | None:
-    """Choose the map's points: all suspects, and at most ``max_background`` others (stratified by class).
+def map_sample(run: RunResults, max_background: int = 20_000, seed: int = 0,
+               max_suspects: int | None = None) -> MapSample | None:
+    """Choose the map's points: the suspects (at most ``max_suspects``: the worst, by label quality then id, the
+    review queue's order), and at most ``max_background`` others (stratified by class).
 
     A browser stays responsive with a few tens of thousands of WebGL points; beyond that the others are thinned
-    evenly within each class (at least one point per class) so the map's shape and every class survive.
+    evenly within each class (at least one point per class) so the map's shape and every class survive. At a
+    million samples a 5% suspect rate is 50,000 suspects, so they are capped too.
     """
     samples = run.samples
     if "umap_x" not in samples or "umap_y" not in samples:
@@ -73,9 +81,15 @@ def map_sample(run: RunResults, max_background: int = 20_000, seed: int = 0) -> 
             take = max(1, math.floor(fraction * len(positions)))
             keep.append(rng.choice(positions, size=min(take, len(positions)), replace=False))
         others = others.iloc[np.sort(np.concatenate(keep))]
-    points = pd.concat([others, located[suspect]])
+    suspects = located[suspect]
+    if max_suspects is not None and len(suspects) > max_suspects:
+        quality = (suspects["mistakes_label_quality"].to_numpy(float) if "mistakes_label_quality" in suspects
+                   else np.zeros(len(suspects)))
+        worst = np.lexsort((suspects.index.to_numpy(str), np.nan_to_num(quality, nan=np.inf)))[:max_suspects]
+        suspects = suspects.iloc[np.sort(worst)]
+    points = pd.concat([others, suspects])
     return MapSample(points=points, n_with_coordinates=len(located), n_suspects=int(suspect.sum()),
-                     n_background_shown=len(others))
+                     n_background_shown=len(others), n_suspects_shown=len(suspects))
 
 
 def map_figure(run: RunResults, sample: MapSample | None = None,

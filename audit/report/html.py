@@ -6,9 +6,9 @@ run. Labels, annotator names and paths come from outside, so the Jinja2 environm
 the only unescaped insertions are the package's own CSS/JS/plotly.js and JSON made safe for ``<script>``
 by :func:`script_json`.
 
-Large runs stay light: the map draws every suspect and at most ``ReportLimits.map_background_points`` other
-points, the gallery and the tables are capped, and only some points get a hover thumbnail; the report says
-where it shows a subset.
+Large runs stay light: the map draws at most ``ReportLimits.map_suspect_points`` suspects (the worst) and at most
+``ReportLimits.map_background_points`` other points, the gallery and the tables are capped, and only some points
+get a hover thumbnail; the report says where it shows a subset.
 """
 
 from __future__ import annotations
@@ -48,12 +48,14 @@ __all__ = ["ReportLimits", "render_report", "script_json", "spreadsheet_safe", "
 
 HTML_FILE = "index.html"
 SUSPECTS_FILE = "suspects.csv"
+FINDINGS_FILE = "findings.csv"
 
 PROBLEM_DESCRIPTIONS = {
     "missing_file": "the file does not exist",
     "empty_file": "the file is empty (0 bytes)",
     "corrupt_image": "the file could not be decoded as an image",
     "truncated_image": "the image file is cut short",
+    "too_large": "the image has more pixels than label-audit decodes (see audit.sources.images.MAX_DECODE_PIXELS)",
     "missing_label": "the sample has no label",
     "converted_16bit": "16-bit image scaled to 8 bits",
     "converted_cmyk": "CMYK image converted to RGB",
@@ -100,6 +102,8 @@ def render_report(run_dir: Path, baseline_dir: Path | None = None, *, limits: Re
     suspects = suspect_table(run)
     atomic_write_text(run.path / SUSPECTS_FILE,
                       spreadsheet_safe(suspects).to_csv(index_label="sample_id", float_format="%.6g"))
+    atomic_write_text(run.path / FINDINGS_FILE,
+                      spreadsheet_safe(findings_table(run)).to_csv(index=False, float_format="%.6g"))
     context = build_context(run, baseline, suspects, limits)
     context["baseline_note"] = baseline_note
     page = environment().get_template("report.html.j2").render(**context)
@@ -124,6 +128,30 @@ def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
             out[column] = out[column].map(defuse)
     out.index = out.index.map(defuse)
     return out
+
+
+def findings_table(run: RunResults) -> pd.DataFrame:
+    """Every sample-level finding of every check besides the suspected mislabels (duplicates, leakage, outliers,
+    image quality...): one row per sample and flag, read from the checks' boolean ``<check>_is_<finding>``
+    columns, with the matching ``<check>_<finding>_score`` or ``<check>_score`` when there is one. The sibling of
+    suspects.csv for the hygiene review."""
+    from audit.checks import REGISTRY
+
+    samples = run.samples
+    rows = []
+    for name in REGISTRY:
+        if name == "mistakes":
+            continue  # suspects.csv
+        prefix = f"{name}_is_"
+        for column in [c for c in samples.columns if c.startswith(prefix)]:
+            finding = column[len(prefix):]
+            flagged = samples[samples[column].fillna(False).astype(bool)]
+            score_column = next((c for c in (f"{name}_{finding}_score", f"{name}_score") if c in samples), None)
+            for sample_id, row in flagged.iterrows():
+                rows.append({"sample_id": sample_id, "check": name, "finding": finding,
+                             "score": row[score_column] if score_column else None,
+                             "label": row.get("label"), "split": row.get("split"), "filepath": row.get("filepath")})
+    return pd.DataFrame(rows, columns=["sample_id", "check", "finding", "score", "label", "split", "filepath"])
 
 
 def _load_baseline(run: RunResults, baseline_dir: Path | None) -> tuple[RunResults | None, str | None]:
@@ -212,6 +240,7 @@ def core_sections() -> list[ReportSection]:
     """The report's own sections; checks add theirs (``Check.report_sections``)."""
     return [
         ReportSection("map", "Map", "_map.html.j2", lambda si: None, 20),  # built with the thumbnails, below
+        ReportSection("object-map", "Map of boxes", "_object_map.html.j2", lambda si: _object_map(si), 36),
         ReportSection("problems", "Sample problems", "_problems.html.j2", lambda si: _problems(si.run, si.limits), 80),
         ReportSection("since", "Since last run", "_since.html.j2", lambda si: _since(si), 90),
         ReportSection("details", "Run details", "_details.html.j2", lambda si: _details(si.run), 100),
@@ -235,7 +264,7 @@ def build_context(run: RunResults, baseline: RunResults | None, suspects: pd.Dat
 
     samples = run.samples
     rng = random.Random(limits.seed)
-    sample = figures.map_sample(run, limits.map_background_points, limits.seed)
+    sample = figures.map_sample(run, limits.map_background_points, limits.seed, limits.map_suspect_points)
     thumbnails = _Thumbnails(samples, limits.thumbnail_px)
 
     # Thumbnails: the worst suspects (gallery and map hover) and a random sample of the other map points.
@@ -256,21 +285,27 @@ def build_context(run: RunResults, baseline: RunResults | None, suspects: pd.Dat
     common = {"limits": asdict(limits), "suspects_file": SUSPECTS_FILE}
     env = environment()
     rendered = []
+    detection = run.objects is not None
     for check_name, section in declared_sections():
         state = check_state(run, check_name) if check_name else {"status": "ok", "metrics": {}, "reason": ""}
+        image_level = check_name and getattr(REGISTRY[check_name], "level", "image") == "image"
+        if detection and image_level and state["status"] != "ok":
+            continue  # images that carry boxes, not one label each: the image-label sections have nothing to say
         if section.id == "map":
             data = _map(run, sample, thumbnail_index, hover_thumbs, limits)
         else:
             data = section.build(SectionInput(run, baseline, limits, suspects, thumbnails, state))
         if data is None:
             continue
-        html = env.get_template(section.template).render(**common, **{section.id: data})
+        html = env.get_template(section.template).render(**common, **{section.id.replace("-", "_"): data})
         rendered.append({"id": section.id, "title": section.title, "html": Markup(html)})
 
     tiles: list[Tile] = []
     facts: list[tuple[str, str]] = []
     for name, check in REGISTRY.items():
         state = check_state(run, name)
+        if detection and getattr(check, "level", "image") == "image" and state["status"] != "ok":
+            continue  # a box or mask dataset: the image-label checks that did not run have no tile
         tiles += check.tiles(state)
         facts += check.facts(state)
     return {
@@ -344,22 +379,43 @@ def _headline(run: RunResults, baseline: RunResults | None) -> dict[str, Any]:
         "n_unreadable": unreadable,
         "n_classes": counts.get("classes", len(run.class_names)),
         "baseline_name": baseline.name if baseline is not None else None,
-        "version": (summary.get("versions") or {}).get("label_audit"),
+        "version": (summary.get("versions") or {}).get("label-audit"),
+        "versions": {name: (summary.get("versions") or {}).get(name)
+                     for name in ("label-audit", "cleanlab", "open-clip-torch", "torch", "fiftyone")},
     }
 
 
 def _gate(run: RunResults) -> dict[str, Any] | None:
+    """The verdict for the headline: failed rules first, then skipped, then the passes (folded in the page); each
+    rule as one sentence (its message already reads as one), with its value and threshold."""
     gate = run.summary.get("gate")
     if not isinstance(gate, dict) or "passed" not in gate:
         return None
     rules = []
     for rule in gate.get("rules") or []:
-        known = {"name", "value", "threshold", "passed"}
-        extra = {k: v for k, v in rule.items() if k not in known and not isinstance(v, dict | list)}
-        rules.append({"name": rule.get("name"), "value": rule.get("value"), "threshold": rule.get("threshold"),
-                      "passed": rule.get("passed"), "note": "; ".join(f"{k}: {format_value(v)}"
-                                                                      for k, v in extra.items())})
-    return {"passed": bool(gate.get("passed")), "rules": rules}
+        status = rule.get("status") or (
+            "skipped" if rule.get("skipped") else ("pass" if rule.get("passed") else "fail"))
+        op = {"<=": "≤", ">=": "≥"}.get(str(rule.get("op")), str(rule.get("op") or ""))
+        threshold = rule.get("threshold")
+        rules.append({"name": rule.get("name"), "status": status, "value": rule.get("value"),
+                      "bound": "—" if threshold is None else f"{op} {format_value(threshold)}",
+                      "sentence": _sentence(str(rule.get("message") or ""))})
+    order = {"fail": 0, "skipped": 1, "pass": 2}
+    rules.sort(key=lambda r: order.get(r["status"], 3))
+    return {"passed": bool(gate.get("passed")), "headline": gate.get("headline"), "rules": rules,
+            "failed": [r for r in rules if r["status"] == "fail"],
+            "skipped": [r for r in rules if r["status"] == "skipped"],
+            "passed_rules": [r for r in rules if r["status"] == "pass"],
+            "baseline": (gate.get("baseline") or {}).get("name")}
+
+
+def _sentence(message: str) -> str:
+    """A rule's message as a sentence: capitalised, ending with a full stop."""
+    message = message.strip()
+    if not message:
+        return ""
+    message = message[0].upper() + message[1:]
+    return message if message.endswith((".", ")")) else message + "."
 
 
 def _map(run: RunResults, sample: figures.MapSample | None, thumbnail_index: dict[str, int],
@@ -376,6 +432,7 @@ def _map(run: RunResults, sample: figures.MapSample | None, thumbnail_index: dic
         "n_points": len(sample.points),
         "n_total": sample.n_with_coordinates,
         "n_suspects": sample.n_suspects,
+        "n_suspects_shown": sample.n_suspects_shown,
         "n_background": sample.n_background_shown,
         "decimated": sample.decimated,
         "n_thumbs": len(hover_thumbs),
@@ -383,6 +440,44 @@ def _map(run: RunResults, sample: figures.MapSample | None, thumbnail_index: dic
         "n_missing_coordinates": len(run.samples) - sample.n_with_coordinates,
         "projection": run.summary.get("projection") or {},
     }
+
+
+class _TableView:
+    """A table seen as a run's samples, so the map's figure functions draw objects as they draw images."""
+
+    def __init__(self, samples: pd.DataFrame, summary: dict[str, Any]) -> None:
+        self.samples, self.summary = samples, summary
+
+
+def _object_map(si: SectionInput) -> dict[str, Any] | None:
+    """The map of the audited boxes (their crops' UMAP) coloured by class, suspects ringed; hover shows the box
+    in its image."""
+    from audit.presentation import box_thumbnail
+
+    objects = si.run.objects
+    if objects is None:
+        return None
+    audited = objects[objects["audited"].fillna(False).astype(bool)] if "audited" in objects else objects
+    renames = {"object_mistakes_is_issue": "mistakes_is_issue",
+               "object_mistakes_suggested_label": "mistakes_suggested_label",
+               "object_mistakes_label_quality": "mistakes_label_quality"}
+    view = _TableView(audited.rename(columns=renames), si.run.summary.get("objects") or {})
+    limits = si.limits
+    sample = figures.map_sample(view, limits.map_background_points, limits.seed, limits.map_suspect_points)
+    if sample is None:
+        return {"figure": None, "reason": "the boxes have no map (no crop embeddings)"}
+    points = sample.points
+    worst = points[figures.is_suspect(points)].sort_values("mistakes_label_quality").index[:limits.suspect_thumbnails]
+    rest = [i for i in points.index if i not in set(worst)]
+    chosen = list(worst) + random.Random(limits.seed).sample(rest, min(limits.other_thumbnails, len(rest)))
+    paths = si.run.samples["filepath"].reindex(points.loc[chosen, "sample_id"]).to_numpy()
+    thumbs = {i: box_thumbnail(p, tuple(points.loc[i, ["x", "y", "w", "h"]]), limits.thumbnail_px)
+              for i, p in zip(chosen, paths, strict=True)}
+    hover_ids = [i for i in chosen if thumbs.get(i)]
+    entries = _hover_entries(points.loc[hover_ids], thumbs)
+    data = _map(view, sample, {s: i for i, s in enumerate(hover_ids)}, entries, limits)
+    data["n_missing_coordinates"] = len(audited) - sample.n_with_coordinates
+    return data
 
 
 def _problems(run: RunResults, limits: ReportLimits) -> dict[str, Any]:

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from audit.sources import fiftyone_dataset, folder, manifest  # noqa: F401  (registers the formats)
+from audit.sources import (  # noqa: F401  (registers the formats)
+    coco,
+    cvat,
+    fiftyone_dataset,
+    folder,
+    labelstudio,
+    manifest,
+    masks,
+    voc,
+    yolo,
+)
 from audit.sources.folder import load_folder
 from audit.sources.images import load_image
 from audit.sources.manifest import load_annotations, load_manifest, majority_label, read_table
@@ -27,6 +37,7 @@ from audit.sources.table import (
     MISSING_FILE,
     MISSING_LABEL,
     SPLIT_NAMES,
+    TOO_LARGE,
     TRUNCATED_IMAGE,
     UNREADABLE,
     SampleTable,
@@ -51,6 +62,7 @@ def load_source(config: SourceConfig) -> SampleTable:
         if config.kind == "fiftyone":
             raise SourceError("an annotations file goes with a folder or manifest source; use annotator_fields")
         table.annotations = load_annotations(config.annotations, table.samples)
+        table.description["annotations_key"] = table.annotations.attrs.get("key", "sample")
         if table.samples["label"].isna().all():
             table.samples["label"] = majority_label(table.annotations, table.samples.index)
             table.description["label_from"] = "annotator majority vote"
@@ -60,7 +72,7 @@ def load_source(config: SourceConfig) -> SampleTable:
 __all__ = [
     "CONVERTED_16BIT", "CONVERTED_ALPHA", "CONVERTED_CMYK", "CONVERTED_PALETTE", "CORRUPT_IMAGE", "DEFAULT_SPLIT",
     "EMPTY_FILE", "EXIF_ROTATED", "FORMATS", "IMAGE_SUFFIXES", "MISSING_FILE", "MISSING_LABEL", "SPLIT_NAMES",
-    "TRUNCATED_IMAGE", "UNREADABLE", "SampleTable", "SourceError", "SourceFormat", "add_problems", "finalise",
-    "load_annotations", "load_folder", "load_image", "load_manifest", "load_source", "majority_label", "read_table",
-    "register_format",
+    "TOO_LARGE", "TRUNCATED_IMAGE", "UNREADABLE", "SampleTable", "SourceError", "SourceFormat", "add_problems",
+    "finalise", "load_annotations", "load_folder", "load_image", "load_manifest", "load_source", "majority_label",
+    "read_table", "register_format",
 ]

@@ -13,11 +13,13 @@ A source format is one module that registers a loader with :func:`register_forma
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from audit.declarations import Threshold, Unavailable, lookup
@@ -34,13 +36,14 @@ MISSING_FILE = "missing_file"
 EMPTY_FILE = "empty_file"
 CORRUPT_IMAGE = "corrupt_image"
 TRUNCATED_IMAGE = "truncated_image"
+TOO_LARGE = "too_large"  # more pixels than label-audit decodes (audit.sources.images.MAX_DECODE_PIXELS)
 MISSING_LABEL = "missing_label"
 CONVERTED_16BIT = "converted_16bit"
 CONVERTED_CMYK = "converted_cmyk"
 CONVERTED_PALETTE = "converted_palette"
 CONVERTED_ALPHA = "converted_alpha"
 EXIF_ROTATED = "exif_rotated"
-UNREADABLE = {MISSING_FILE, EMPTY_FILE, CORRUPT_IMAGE, TRUNCATED_IMAGE}
+UNREADABLE = {MISSING_FILE, EMPTY_FILE, CORRUPT_IMAGE, TRUNCATED_IMAGE, TOO_LARGE}
 
 
 
@@ -72,12 +75,15 @@ class SampleTable:
 
     ``objects`` is the canonical object table (boxes and instance masks, from every annotator and detector; see
     :mod:`audit.sources.objects`) for detection and instance-segmentation datasets, else None.
+    ``mask_annotations`` is the long table ``sample_id, annotator, mask_path`` of a semantic-segmentation dataset's
+    annotators (see :mod:`audit.sources.masks`; the shipped mask is ``samples["mask"]``), else None.
     """
 
     samples: pd.DataFrame
     annotations: pd.DataFrame | None = None
     description: dict[str, object] = field(default_factory=dict)
     objects: pd.DataFrame | None = None
+    mask_annotations: pd.DataFrame | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -86,6 +92,9 @@ class SampleTable:
             labels |= set(self.annotations["label"].dropna())
         if self.objects is not None and "label" in self.objects:
             labels |= set(self.objects["label"].dropna().astype(str))
+        mask_spec = self.description.get("mask_spec")
+        if isinstance(mask_spec, dict):
+            labels |= set(mask_spec["classes"])
         return sorted(labels)
 
 
@@ -124,22 +133,54 @@ def finalise(table: SampleTable) -> SampleTable:
     samples.index = samples.index.astype(str)
     samples["label"] = samples["label"].astype(object)
     # Images of a detection / segmentation dataset carry objects, not one label: no label is not a problem there.
-    has_objects = table.objects is not None and len(table.objects) > 0
-    problems = [[] for _ in range(len(samples))]
-    for i, (file, label) in enumerate(zip(samples["filepath"], samples["label"], strict=True)):
-        p = Path(file)
-        if not p.is_file():
-            problems[i].append(MISSING_FILE)
-        elif p.stat().st_size == 0:
-            problems[i].append(EMPTY_FILE)
-        if (label is None or pd.isna(label)) and not has_objects:
-            problems[i].append(MISSING_LABEL)
-    samples["readable"] = [not (set(p) & UNREADABLE) for p in problems]
-    samples["problems"] = [";".join(p) for p in problems]
+    has_objects = (table.objects is not None and len(table.objects) > 0) or "mask" in samples.columns
+    # Codes a loader already found (e.g. empty masks, found while scanning them) are kept.
+    found = samples["problems"].fillna("").astype(str) if "problems" in samples else pd.Series("", samples.index)
+    file_codes = file_problems(samples["filepath"].astype(str).tolist())
+    no_label = samples["label"].isna().to_numpy() & (not has_objects)
+    # Most samples have no problem: only rows with a code are joined one by one.
+    noted = (found != "").to_numpy() | (file_codes != "") | no_label
+    problems = np.full(len(samples), "", dtype=object)
+    readable = np.ones(len(samples), dtype=bool)
+    for i in np.flatnonzero(noted):
+        codes = [c for c in found.iat[i].split(";") if c] + ([file_codes[i]] if file_codes[i] else []) + (
+            [MISSING_LABEL] if no_label[i] else [])
+        problems[i] = ";".join(codes)
+        readable[i] = not (set(codes) & UNREADABLE)
+    samples["readable"] = readable
+    samples["problems"] = problems
     if samples["label"].isna().all() and not has_objects:
         raise SourceError("no sample has a label")
     table.samples = samples
     return table
+
+
+FILE_CHECK_THREADS = 8
+FILE_CHECK_CHUNK = 4096
+
+
+def file_problems(paths: list[str]) -> np.ndarray:
+    """``missing_file``, ``empty_file`` or "" for each path: one ``os.stat`` per file (``Path.is_file`` then
+    ``stat`` made two, and built a Path per row), in threads that each take a chunk of paths, since the call
+    releases the GIL while a network filesystem answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(chunk: list[str]) -> list[str]:
+        out = []
+        for path in chunk:
+            try:
+                info = os.stat(path)
+            except (OSError, ValueError):
+                out.append(MISSING_FILE)
+                continue
+            out.append(MISSING_FILE if not stat.S_ISREG(info.st_mode) else EMPTY_FILE if info.st_size == 0 else "")
+        return out
+
+    chunks = [paths[i:i + FILE_CHECK_CHUNK] for i in range(0, len(paths), FILE_CHECK_CHUNK)]
+    if len(chunks) <= 1:
+        return np.array(check(paths), dtype=object)
+    with ThreadPoolExecutor(min(FILE_CHECK_THREADS, len(chunks))) as pool:
+        return np.array([code for part in pool.map(check, chunks) for code in part], dtype=object)
 
 
 def add_problems(samples: pd.DataFrame, found: dict[str, list[str]]) -> None:

@@ -148,7 +148,8 @@ def test_baseline_with_a_real_shift_is_detected(tmp_path):
     deltas = {c: abs(d["share_delta"]) for c, d in shift["deltas"].items()}
     assert shift["max_share_shift_class"] == max(deltas, key=deltas.get)
     assert shift["max_share_shift"] == pytest.approx(max(deltas.values()))
-    assert 0 < shift["cramers_v"] < 1
+    # Cramer's V of a 2-row table by hand: sqrt(chi2 / n)
+    assert shift["cramers_v"] == pytest.approx(np.sqrt(((table - expected) ** 2 / expected).sum() / table.sum()))
 
 
 def test_new_classes_against_the_baseline(tmp_path):

@@ -19,7 +19,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> RunResults:
     root = tmp_path_factory.mktemp("demo")
     outcome = run_demo(output_dir=root, embedder="pixels", limit=200, run_name="demo", seed=0, report=True,
                        progress=False, cache_dir=root / "cache")
-    assert outcome is not None
+    assert (outcome.n_samples, outcome.unreadable) == (202, 2)  # 200 digits, a truncated and a missing file
     return RunResults.load(root / "demo")
 
 

@@ -223,6 +223,24 @@ def test_large_runs_are_thinned_and_capped_and_the_report_says_so(make_run):
     assert f"Showing the worst 10 of {n_suspects}" in page
 
 
+def test_the_map_rings_only_the_worst_suspects_beyond_its_cap(make_run):
+    """At a million samples a 5% suspect rate is 50,000 suspects: the map keeps the worst ones (the review
+    queue's order: lowest label quality, then sample id) and says how many it left out."""
+    run = make_run("many-suspects")
+    samples = run.samples
+    suspects = samples[samples["mistakes_is_issue"].astype(bool)]
+    cap = len(suspects) // 3
+    expected = set(suspects.sort_values("mistakes_label_quality", kind="stable").index[:cap])  # by hand: sort, cut
+    page = render_report(run.path, limits=ReportLimits(map_background_points=50, map_suspect_points=cap)).read_text(
+        encoding="utf-8")
+    spec = figure_spec(page, "map")
+    ringed = spec["data"][-1]
+    assert ringed["name"] == "suspected mislabel" and len(decode_plotly_array(ringed["x"])) == cap
+    drawn = {cd[0] for trace in spec["data"][:-1] for cd in trace["customdata"]}
+    assert drawn & set(suspects.index) == expected
+    assert f"the {cap} worst of {len(suspects)} suspects" in page
+
+
 def test_missing_images_get_a_placeholder(make_run, tmp_path):
     run = make_run("moved")
     worst = read_csv(render_report(run.path).parent / "suspects.csv").iloc[0]

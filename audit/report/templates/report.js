@@ -21,7 +21,7 @@
   var config = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
 
   function attachPreview(div, box) {
-    var thumbs = readJson("map-thumbs") || [];
+    var thumbs = readJson(box.dataset.thumbs || "map-thumbs") || [];
     var image = box.querySelector("img");
     var fields = {};
     box.querySelectorAll("[data-field]").forEach(function (node) { fields[node.dataset.field] = node; });
