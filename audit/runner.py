@@ -263,7 +263,7 @@ def run(config: AuditConfig, progress: bool | Progress = True) -> RunResults:
                                params=dict(config.checks.get(name, {})), baseline=baseline, prior=prior,
                                seed=config.seed, ledger=ledger,
                                extra={**_image_extra(table, config.mask_probs, folder),
-                                      "embedder": embedder_description})
+                                      "embedder": embedder_description, "previous_run": previous})
         with reporter.stage(f"check {name}") as stage:
             try:
                 result = check_class().run(context)

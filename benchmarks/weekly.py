@@ -69,6 +69,7 @@ def make_checkpoint(folder: Path, quick: bool) -> tuple[str, Path]:
     from benchmarks.speed import TINY_MODEL, register_tiny_model
 
     torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
     if quick:
         register_tiny_model(folder)
         model_arg, name = str(folder / f"{TINY_MODEL}.json"), TINY_MODEL

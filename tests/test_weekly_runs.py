@@ -132,6 +132,12 @@ def test_warm_rerun_loads_no_model_and_reuses_the_map(tmp_path: Path, digit_imag
     warm_xy = pd.read_parquet(tmp_path / "reports" / "warm" / "samples.parquet").set_index("sample_id")
     np.testing.assert_array_equal(cold_xy[["umap_x", "umap_y"]], warm_xy.loc[cold_xy.index, ["umap_x", "umap_y"]])
     assert "model not loaded" in warm.stderr and "every image was on the map of run cold" in warm.stderr
+    # nor cross-validate the classifier again: the same inputs give the cold run's probabilities and flags
+    assert any("reused from run cold" in note for note in warm_summary["checks"]["mistakes"]["notes"])
+    assert not any("reused" in note for note in cold_summary["checks"]["mistakes"]["notes"])
+    np.testing.assert_array_equal(np.load(tmp_path / "reports" / "cold" / "pred_probs.npy"),
+                                  np.load(tmp_path / "reports" / "warm" / "pred_probs.npy"))
+    assert cold_xy["mistakes_is_issue"].equals(warm_xy.loc[cold_xy.index, "mistakes_is_issue"])
 
     # A week later 20 new images arrive: they are embedded, placed with last week's UMAP model, the rest keep
     # their place on the map.
@@ -145,6 +151,7 @@ def test_warm_rerun_loads_no_model_and_reuses_the_map(tmp_path: Path, digit_imag
     grown_xy = pd.read_parquet(tmp_path / "reports" / "grown" / "samples.parquet").set_index("sample_id")
     np.testing.assert_array_equal(cold_xy[["umap_x", "umap_y"]], grown_xy.loc[cold_xy.index, ["umap_x", "umap_y"]])
     assert np.isfinite(grown_xy[["umap_x", "umap_y"]].to_numpy()).all()
+    assert not any("reused" in note for note in grown_summary["checks"]["mistakes"]["notes"])  # inputs changed
 
 
 GATE_CONFIG = """\

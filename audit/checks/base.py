@@ -72,7 +72,8 @@ class CheckContext:
         ``embeddings`` their crop embeddings; ``extra`` holds ``objects`` (every object: all annotators and
         detector predictions), ``images`` (the image table), ``agreement`` (the object agreement result, when
         annotators drew boxes), and ``crops`` (``{check name: (boxes, embeddings)}``, the extra crops a check asked
-        for with :meth:`Check.extra_crops`).
+        for with :meth:`Check.extra_crops`). Image-level checks get ``embedder`` (what made the embeddings) and
+        ``previous_run`` (the latest earlier run of this dataset, or None: what an unchanged input may reuse).
     """
 
     samples: pd.DataFrame

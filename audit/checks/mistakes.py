@@ -76,6 +76,8 @@ samples and the consensus on the rest, nothing more.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from collections import Counter
 from typing import Any, ClassVar
@@ -226,6 +228,7 @@ class MistakesCheck(Check):
         unauditable_classes: list[str] = []
         cv_accuracy: float | None = None
         notes: list[str] = []
+        fingerprint: str | None = None
         if context.pred_probs is not None:
             probs = _validated_pred_probs(context.pred_probs, samples.index, k, audit_mask)
             folds_used = None
@@ -246,10 +249,17 @@ class MistakesCheck(Check):
                 notes = ["out-of-sample probabilities reused from the agreement check (majority-vote targets)"]
                 cv_accuracy = float(np.mean(probs[audit_mask].argmax(axis=1) == codes[audit_mask]))
             elif len(np.unique(codes[audit_mask])) >= 2:
-                probs[audit_mask], folds_used, source, notes = cross_validated_pred_probs(
-                    embeddings[audit_mask], codes[audit_mask], k, params["folds"], params["knn_neighbors"],
-                    context.seed,
-                )
+                fingerprint = cv_fingerprint(context, samples.index[audit_mask], codes[audit_mask], params)
+                reused = previous_pred_probs(context, fingerprint, samples.index[audit_mask], k)
+                if reused is not None:
+                    probs[audit_mask], folds_used, source, previous_name = reused
+                    notes = [f"out-of-fold probabilities reused from run {previous_name}: the same images, labels, "
+                             "embedder and classifier settings"]
+                else:
+                    probs[audit_mask], folds_used, source, notes = cross_validated_pred_probs(
+                        embeddings[audit_mask], codes[audit_mask], k, params["folds"], params["knn_neighbors"],
+                        context.seed,
+                    )
                 cv_accuracy = float(np.mean(probs[audit_mask].argmax(axis=1) == codes[audit_mask]))
 
         present = np.unique(codes[audit_mask])
@@ -302,9 +312,49 @@ class MistakesCheck(Check):
             "n_unauditable": int(samples["readable"].fillna(False).astype(bool).sum() - audit_mask.sum()),
             "notes": notes,
         }
+        if fingerprint is not None:
+            metrics["cv_fingerprint"] = fingerprint
         if context.annotations is not None and len(context.annotations):
             metrics["annotator_mistakes"] = annotator_mistakes(context.annotations, per_sample)
         return CheckResult(self.name, per_sample, json_safe(metrics), arrays={"pred_probs": probs})
+
+
+def cv_fingerprint(context: CheckContext, ids: pd.Index, codes: np.ndarray, params: dict[str, Any]) -> str | None:
+    """What the cross-validated probabilities depend on, hashed: the audited images (id and content hash), their
+    labels, the class names, the embedder and the classifier's settings. None without content hashes or an
+    embedder key (nothing then proves two runs saw the same inputs)."""
+    embedder_key = (context.extra.get("embedder") or {}).get("cache_key")
+    if not embedder_key or "content_hash" not in context.samples.columns:
+        return None
+    hashes = context.samples.loc[ids, "content_hash"].astype(str)
+    if (hashes == "").any():
+        return None
+    rows = pd.DataFrame({"id": ids.astype(str), "hash": hashes.to_numpy(), "code": codes})
+    digest = hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+    digest.update(json.dumps([embedder_key, list(context.class_names), params["folds"], params["knn_neighbors"],
+                              context.seed]).encode())
+    return digest.hexdigest()
+
+
+def previous_pred_probs(context: CheckContext, fingerprint: str | None, ids: pd.Index, k: int,
+                        ) -> tuple[np.ndarray, int | None, str, str] | None:
+    """The previous run's out-of-fold probabilities for ``ids`` when that run cross-validated exactly these inputs
+    (same :func:`cv_fingerprint`): an unchanged weekly re-run then spends nothing on the classifier. Returns
+    ``(probs, folds, source, run name)`` or None."""
+    previous = context.extra.get("previous_run")
+    if fingerprint is None or previous is None:
+        return None
+    metrics = previous.check_metrics("mistakes") or {}
+    if metrics.get("cv_fingerprint") != fingerprint:
+        return None
+    stored = previous.pred_probs
+    positions = previous.samples.index.get_indexer(ids)
+    if stored is None or stored.shape != (len(previous.samples), k) or (positions < 0).any():
+        return None
+    probs = np.asarray(stored[positions], dtype=float)
+    if not np.isfinite(probs).all():
+        return None
+    return probs, metrics.get("folds"), str(metrics.get("pred_probs_source")), previous.name
 
 
 def _shared_pred_probs(context: CheckContext, audit_mask: np.ndarray, k: int) -> np.ndarray | None:
