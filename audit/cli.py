@@ -11,6 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
+from audit.cli_errors import EXIT_GATE_FAILED, EXIT_OK
+from audit.cli_errors import expected_errors as _expected_errors
+from audit.cli_errors import fail as _fail
 from audit.cli_review import review_app
 
 app = typer.Typer(
@@ -22,26 +25,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 app.add_typer(review_app, name="review")  # label-audit review export|import|next|feedback (audit/cli_review.py)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"label-audit: error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(EXIT_BAD_INPUT)
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input or a missing resource: reported in one line, exit 2."""
-    from audit.checks.base import CheckError, CheckInputError
-    from audit.config import ConfigError
-    from audit.embeddings import EmbedderError
-    from audit.results import RunNotFoundError
-    from audit.sources import SourceError
-
-    return (ConfigError, SourceError, EmbedderError, CheckInputError, CheckError, RunNotFoundError,
-            FileNotFoundError, ValueError)
 
 
 def _gate_baseline(run, baseline: str | Path | None):

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from audit.cli_errors import fail as _fail
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -70,17 +72,11 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing 
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def _fail(message: str) -> typer.Exit:
-    from audit.cli import _fail as fail  # audit.cli imports this module: import it lazily
-
-    return fail(message)
-
-
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """The CLI's bad-input errors, plus a labelling tool that refused or could not be reached."""
     import httpx
 
-    from audit.cli import _expected_errors as expected
+    from audit.cli_errors import expected_errors as expected
 
     errors: tuple[type[BaseException], ...] = (*expected(), httpx.HTTPError, OSError)
     try:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import time
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from benchmarks.environment import load_average, machine, versions
 
 RESULTS = Path(__file__).parent / "results"
 # The quick form is what CI runs (through tests/benchmarks/test_bench_quick.py): it must stay under ~90 s on a
@@ -33,39 +33,6 @@ QUICK = {"speed_images": 48, "speed_model": "label-audit-bench-tiny", "speed_rou
          "umap_quality_size": None, "report_browser": False, "detection_quick": True}
 TARGETS = {"e2e_to_bf16_forward": 0.8, "cosine_to_fp32": 0.999, "warm_speedup": 20.0, "stages_peak_gib": 24.0}
 PARTS = ("speed", "detection", "stages", "objects")
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return None
-
-
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpu_count": os.cpu_count()}
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        info["cpu"] = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                            if line.startswith("model name")), None)
-        info["cpu_bf16"] = sorted({f for f in ("amx_bf16", "avx512_bf16", "amx_int8") if f in cpuinfo})
-        meminfo = Path("/proc/meminfo").read_text().split()
-        info["memory_gib"] = round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 2**20, 1)
-    except (OSError, ValueError, StopIteration):
-        pass
-    return info
-
-
-def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for package in ("label-audit", "torch", "open-clip-torch", "pillow", "umap-learn", "cleanlab", "fiftyone",
-                    "fiftyone-brain", "scikit-learn", "numpy"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = None
-    return out
 
 
 def acceptance(results: dict[str, Any]) -> list[dict[str, Any]]:

@@ -223,7 +223,7 @@ def _previous_rule(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 def run_set(noise_set: NoiseSet, images: pd.DataFrame, root: Path, with_fiftyone: bool) -> dict[str, Any]:
     """Audit one set end to end, then score label-audit and the peers on the same probabilities."""
-    from audit.checks.mistakes import low_margin_calibrated_count
+    from audit.checks.flag_rule import low_margin_calibrated_count
     from audit.checks.predictions import cross_validated_pred_probs
     from audit.config import build_config
     from audit.runner import run

@@ -701,7 +701,7 @@ def run_scale_subprocess(n: int, timeout: float = 7200) -> dict[str, Any]:
     import subprocess
     import sys
 
-    from benchmarks.__main__ import load_average
+    from benchmarks.environment import load_average
 
     before = load_average()
     out = subprocess.run([sys.executable, "-m", "benchmarks.hygiene", "--scale-one", str(n)], capture_output=True,
@@ -842,7 +842,7 @@ def run_hygiene(work_dir: Path, quick: bool = False, with_fiftyone: bool = True,
     calibration; JSON-safe."""
     from datetime import UTC, datetime
 
-    from benchmarks.__main__ import load_average, machine, versions
+    from benchmarks.environment import load_average, machine, versions
 
     sizes = QUICK if quick else FULL
     started = time.perf_counter()

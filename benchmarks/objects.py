@@ -642,7 +642,7 @@ def run_objects(quick: bool = False, seed: int = 0, with_fiftyone: bool = True, 
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Quality, speed and scale (see the module docstring); JSON-safe. Writes ``objects.json`` (``objects-quick``
     with ``quick``) under ``out_dir`` unless it is None."""
-    from benchmarks.__main__ import load_average, machine
+    from benchmarks.environment import load_average, machine
 
     sizes = QUICK if quick else FULL
     started = time.perf_counter()

@@ -95,6 +95,7 @@ from audit.checks.base import (
     merge_params,
     register,
 )
+from audit.checks.flag_rule import low_margin_calibrated_count
 from audit.checks.predictions import cross_validated_pred_probs
 from audit.declarations import (
     FiftyOneField,
@@ -491,33 +492,6 @@ def _flag(labels: np.ndarray, probs: np.ndarray, rules: list[str], min_quality: 
     if min_quality is not None:
         is_issue |= quality < min_quality
     return is_issue, quality
-
-
-def low_margin_calibrated_count(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """The default flag rule: the ``n`` samples with the lowest normalized margin, where ``n`` is cleanlab's
-    calibrated estimate of the number of label issues; a sample whose label is its most likely class is never
-    flagged.
-
-    ``n`` is :func:`cleanlab.count.num_label_issues` with ``estimation_method="off_diagonal_calibrated"`` (the
-    confident joint rescaled to the observed class counts), which cleanlab documents as a cutoff for its ranking
-    scores; the margin is :func:`cleanlab.rank.get_label_quality_scores` ``method="normalized_margin"``
-    (probability of the label minus the largest other probability). One global ranking, not one per class.
-    Why this rule and not another: see the module docstring. Deterministic: ties keep sample order.
-    """
-    from cleanlab.count import num_label_issues
-    from cleanlab.rank import get_label_quality_scores
-
-    labels = np.asarray(labels)
-    rows = np.arange(len(labels))
-    flags = np.zeros(len(labels), dtype=bool)
-    if len(labels) == 0:
-        return flags
-    count = int(num_label_issues(labels, probs, estimation_method="off_diagonal_calibrated"))
-    margin = get_label_quality_scores(labels, probs, method="normalized_margin")
-    flags[np.argsort(margin, kind="stable")[:count]] = True
-    others = probs.copy()
-    others[rows, labels] = -np.inf
-    return flags & (others.max(axis=1) > probs[rows, labels])
 
 
 def _per_sample_frame(index: pd.Index, audit_mask: np.ndarray, audited_labels: pd.Series, class_names: list[str],

@@ -6,7 +6,7 @@ cost. The model and its settings are explained in :mod:`audit.checks.mistakes`.
 
 The model is fitted twice on the same folds (``refit``, on by default): the second time each fold's training set
 leaves out the samples that the first fit's probabilities flag as likely mislabelled (the ``mistakes`` default
-rule, :func:`audit.checks.mistakes.low_margin_calibrated_count`), so fewer wrong labels teach the model that
+rule, :func:`audit.checks.flag_rule.low_margin_calibrated_count`), so fewer wrong labels teach the model that
 predicts the held-out fold; every sample still gets a prediction from a model that never trained on it. This is
 cleanlab's "train on the cleaned data" idea applied to the out-of-fold probabilities, and it doubles the cost
 of this stage. A sample's own label can reach its second-fit prediction only through the first fit's choice of
@@ -37,6 +37,8 @@ import math
 import warnings
 
 import numpy as np
+
+from audit.checks.flag_rule import low_margin_calibrated_count
 
 LOGREG_C = 0.1  # on embeddings scaled to unit mean square per coordinate; see audit.checks.mistakes
 LOGREG_MAX_ITER = 300
@@ -145,7 +147,6 @@ def _sampled_logreg(x: np.ndarray, compact: np.ndarray, n_present: int,
 def _refit_left_out(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """The samples the second fit trains without: the default rule's flags, except in a class that would keep
     fewer than two samples (a class the model never sees could never be predicted)."""
-    from audit.checks.mistakes import low_margin_calibrated_count
 
     present, compact = np.unique(labels, return_inverse=True)
     flagged = low_margin_calibrated_count(compact, probs[:, present])
