@@ -79,6 +79,24 @@ def cross_validated_pred_probs(
         return probs, folds_used, description, notes + [n for n in more if n not in notes]
 
 
+def refit_without_flagged(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, first_fit: np.ndarray,
+                          folds: int = 5, knn_neighbors: int = 10, seed: int = 0,
+                          ) -> tuple[np.ndarray, int, str, list[str]] | None:
+    """The second fit of :func:`cross_validated_pred_probs` alone, from out-of-sample probabilities fitted
+    elsewhere (the agreement check's, on majority votes): the model retrained on ``labels`` without the samples
+    ``first_fit`` flags. None when it flags nothing (the first fit then stands)."""
+    from threadpoolctl import threadpool_limits
+
+    left_out = _refit_left_out(labels, first_fit)
+    if not left_out.any():
+        return None
+    found = (_approximate_neighbours(embeddings) if knn_neighbors > 0 and len(labels) > KNN_EXACT_MAX_ROWS
+             else None)
+    with threadpool_limits(1, user_api="blas"):
+        return _cross_validated_pred_probs(embeddings, labels, n_classes, folds, knn_neighbors, seed,
+                                           train_mask=~left_out, found=found)
+
+
 def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
     """float32 rows scaled to unit length (zero rows stay zero)."""
     x = np.array(embeddings, dtype=np.float32)  # a copy: scaled in place below

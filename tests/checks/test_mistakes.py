@@ -295,20 +295,43 @@ def test_audits_the_consensus_and_counts_each_annotators_mistakes(digits):
     assert 0.2 < counts["careless"]["rate"] < 0.4
 
 
-def test_reuses_the_agreement_checks_probabilities_instead_of_fitting_again(digits, noisy_run):
-    """When agreement already cross-validated the model on these embeddings, mistakes audits with those
-    probabilities (same result as fitting them itself, half the cost); partial coverage means fitting again."""
-    _, _, context, fitted_here = noisy_run
+def test_starts_from_the_agreement_checks_probabilities_and_fits_once(digits, noisy_run, monkeypatch):
+    """When agreement already cross-validated the model on these embeddings, its probabilities are the first fit:
+    mistakes only refits on the audited labels without the samples they flag (one fit, not two); when they flag
+    nothing they are used as they are; partial coverage means fitting from scratch."""
+    import audit.checks.predictions as predictions
+
+    noisy_labels, target, context, fitted_here = noisy_run
+    fits = []
+    real_fit = predictions._cross_validated_pred_probs
+    monkeypatch.setattr(predictions, "_cross_validated_pred_probs",
+                        lambda *args, **kwargs: fits.append(kwargs.get("train_mask")) or real_fit(*args, **kwargs))
     probs = fitted_here.arrays["pred_probs"]
     agreement = CheckResult("agreement", pd.DataFrame(index=context.samples.index),
                             {"pred_probs_source": "from agreement"}, arrays={"pred_probs": probs})
-    shared = MistakesCheck().run(CheckContext(samples=context.samples, class_names=CLASSES,
-                                              embeddings=context.embeddings, prior={"agreement": agreement}))
-    assert shared.metrics["pred_probs_source"] == "from agreement"
-    pd.testing.assert_series_equal(shared.samples["mistakes_is_issue"], fitted_here.samples["mistakes_is_issue"])
+
+    def audit_with(agreement_probs):
+        fits.clear()
+        agreement.arrays["pred_probs"] = agreement_probs
+        return MistakesCheck().run(CheckContext(samples=context.samples, class_names=CLASSES,
+                                                embeddings=context.embeddings, prior={"agreement": agreement}))
+
+    shared = audit_with(probs)
+    assert len(fits) == 1 and fits[0] is not None and (~fits[0]).sum() > 0  # one fit, some samples left out
+    assert "agreement check" in shared.metrics["notes"][0] and "refitted" in shared.metrics["pred_probs_source"]
+    # the refit finds the injected noise as well as a fit of its own (the fixture's run)
+    wrong = noisy_labels != target
+    found_shared = (shared.samples["mistakes_is_issue"].to_numpy() & wrong).sum()
+    found_own = (fitted_here.samples["mistakes_is_issue"].to_numpy() & wrong).sum()
+    assert found_shared >= 0.95 * found_own
+
+    certain = np.eye(len(CLASSES))[noisy_labels]  # probabilities that agree with every label flag nothing
+    as_is = audit_with(certain)
+    assert fits == [] and as_is.metrics["pred_probs_source"] == "from agreement"
+    assert not as_is.samples["mistakes_is_issue"].any()
+
     partial = probs.copy()
     partial[:3] = np.nan
-    agreement.arrays["pred_probs"] = partial
-    refit = MistakesCheck().run(CheckContext(samples=context.samples, class_names=CLASSES,
-                                             embeddings=context.embeddings, prior={"agreement": agreement}))
+    refit = audit_with(partial)
+    assert len(fits) == 2 and fits[0] is None  # a first fit of its own, then the refit
     assert refit.metrics["pred_probs_source"] != "from agreement"
