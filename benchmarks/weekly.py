@@ -21,11 +21,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from benchmarks.environment import load_average, machine
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "weekly.json"
@@ -113,7 +116,11 @@ def run_weekly(n_images: int, quick: bool, work: Path) -> dict[str, Any]:
 def to_markdown(result: dict[str, Any]) -> str:
     cold, warm = result["runs"]["cold"], result["runs"]["warm"]
     stages = list(dict.fromkeys([*cold["stage_seconds"], *warm["stage_seconds"]]))
-    lines = [f"{result['n_images']:,} images, {result['model']}; `label-audit run` twice on the same dataset.\n",
+    where = result.get("machine") or {}
+    lines = [f"Command: `{result.get('command')}`; {result.get('created_at')}; {where.get('cpu')} "
+             f"({where.get('cpu_count')} cores); load average at start {result.get('load_average', {}).get('start')}, "
+             f"end {result.get('load_average', {}).get('end')}.\n",
+             f"{result['n_images']:,} images, {result['model']}; `label-audit run` twice on the same dataset.\n",
              "| | cold (empty cache) | warm (unchanged re-run) |", "| --- | --- | --- |",
              f"| **wall time** | **{cold['wall_seconds']:.1f} s** | **{warm['wall_seconds']:.1f} s** |",
              f"| images embedded / from the cache | {cold['n_embedded']:,} / {cold['n_cached']:,} | "
@@ -135,8 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     n = args.images or (200 if args.quick else 10_000)
+    started_load = load_average()
     with tempfile.TemporaryDirectory(prefix="label-audit-weekly-") as tmp:
         result = run_weekly(n, args.quick, Path(tmp))
+    result["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    result["machine"] = machine()
+    result["load_average"] = {"start": started_load, "end": load_average()}
     result["command"] = "python -m benchmarks.weekly" + (" --quick" if args.quick else "") + (
         f" --images {args.images}" if args.images else "")
     args.out.parent.mkdir(parents=True, exist_ok=True)

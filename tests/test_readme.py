@@ -23,3 +23,13 @@ def test_the_two_setup_commands_are_the_ones_ci_and_users_run() -> None:
     test_command = "python3 -m pip install -q 'nox>=2024.4' && python3 -m nox -s lint tests"
     assert test_command in text and test_command in ci
     assert "python3 -m venv .venv && .venv/bin/pip install -e '.[mongo]' && .venv/bin/label-audit demo" in text
+
+
+def test_benchmark_tables_are_the_committed_results() -> None:
+    """Every benchmark number in the README is a copy of a committed result file (benchmarks/readme.py)."""
+    from benchmarks import readme
+
+    text = README.read_text(encoding="utf-8")
+    for name in readme.BLOCKS:
+        assert readme.current(text, name) == readme.block(name), (
+            f"the README's {name} block differs from its results file: run python -m benchmarks.readme")
