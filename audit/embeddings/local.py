@@ -159,7 +159,6 @@ def embed_samples(
     """
     from audit.progress import as_progress
     from audit.sources import UNREADABLE
-    from audit.sources.images import STAT_KEYS
 
     reporter = as_progress(progress)
     started = time.perf_counter()
@@ -224,26 +223,8 @@ def embed_samples(
     if stats_only:  # cache entries from before pixel statistics were kept: decode once more, without the model
         for key, stats in _stats_by_hash(stats_only, paths, hashes, workers).items():
             image_stats[key] = stats
-    rows = np.full(len(paths), -1, dtype=np.int64)
-    found: dict[str, list[str]] = {}
-    vectors_out: list[np.ndarray] = []
-    stats_matrix = np.full((len(paths), len(STAT_KEYS)), np.nan, dtype=np.float32)
-    for i, (sample_id, key) in enumerate(zip(samples.index, hashes, strict=True)):
-        if key is None:
-            continue  # missing file: already recorded by the source
-        vector, problem_text = results[key]
-        codes = [c for c in problem_text.split(";") if c]
-        if codes:
-            found[str(sample_id)] = codes
-        if vector is not None and not (set(codes) & UNREADABLE):
-            rows[i] = len(vectors_out)
-            vectors_out.append(np.asarray(vector, dtype=np.float32))
-        stats = image_stats.get(key)
-        if stats is None and cache is not None:
-            stats = cache.stats(key)
-        if stats is not None:
-            stats_matrix[i] = stats
-    matrix = np.stack(vectors_out) if vectors_out else np.empty((0, embedder.dim), np.float32)
+    matrix, rows, found, stats_matrix = per_sample_outputs(samples.index, hashes, results, image_stats, cache,
+                                                           embedder.dim)
     timings["total"] = time.perf_counter() - started
     return EmbeddingOutcome(vectors=matrix, rows=rows, hashes=hashes, problems=found, n_cached=n_cached,
                             n_embedded=len(todo_keys), timings=timings, stats=stats_matrix, model_loaded=loaded)
@@ -272,3 +253,35 @@ def _stats_by_hash(wanted: list[str], paths: list[str], hashes: list[str | None]
             if stats is not None and key_of.get(path):
                 out[key_of[path]] = stats
     return out
+
+
+def per_sample_outputs(sample_ids: pd.Index, hashes: list[str | None], results: dict[str, tuple[Any, str]],
+                       image_stats: dict[str, Any], cache: EmbeddingCache | None, dim: int,
+                       ) -> tuple[np.ndarray, np.ndarray, dict[str, list[str]], np.ndarray]:
+    """From per-content results back to samples (copies share one result), for every engine: the vectors of the
+    readable images, each sample's row among them (-1: none), each sample's problem codes, and each sample's
+    pixel statistics (NaN where unknown)."""
+    from audit.sources import UNREADABLE
+    from audit.sources.images import STAT_KEYS
+
+    rows = np.full(len(hashes), -1, dtype=np.int64)
+    problems: dict[str, list[str]] = {}
+    vectors_out: list[np.ndarray] = []
+    stats_matrix = np.full((len(hashes), len(STAT_KEYS)), np.nan, dtype=np.float32)
+    for i, (sample_id, key) in enumerate(zip(sample_ids, hashes, strict=True)):
+        if key is None:
+            continue  # missing file: already recorded by the source
+        vector, problem_text = results[key]
+        codes = [c for c in problem_text.split(";") if c]
+        if codes:
+            problems[str(sample_id)] = codes
+        if vector is not None and not (set(codes) & UNREADABLE):
+            rows[i] = len(vectors_out)
+            vectors_out.append(np.asarray(vector, dtype=np.float32))
+        stats = image_stats.get(key)
+        if stats is None and cache is not None:
+            stats = cache.stats(key)
+        if stats is not None:
+            stats_matrix[i] = stats
+    matrix = np.stack(vectors_out) if vectors_out else np.empty((0, dim), np.float32)
+    return matrix, rows, problems, stats_matrix

@@ -42,7 +42,7 @@ import pandas as pd
 
 from audit.embeddings.cache import DEFAULT_CACHE_DIR, EmbeddingCache, embedder_request, lookup_identity, record_identity
 from audit.embeddings.embedders import EmbedderError
-from audit.embeddings.local import EmbeddingOutcome, _batches, _stats_by_hash, hash_files
+from audit.embeddings.local import EmbeddingOutcome, _batches, _stats_by_hash, hash_files, per_sample_outputs
 
 if TYPE_CHECKING:
     from audit.config import EmbedderConfig
@@ -260,7 +260,6 @@ def embed_samples_ray(
 
     from audit.progress import as_progress
     from audit.sources import UNREADABLE
-    from audit.sources.images import STAT_KEYS
 
     if embedder_config.kind not in ("clip", "pixels", "auto"):
         raise EmbedderError(f"embedder kind {embedder_config.kind!r} does not compute embeddings")
@@ -346,26 +345,8 @@ def embed_samples_ray(
         timings["embed"] = time.perf_counter() - step
     if stats_only:  # cache entries from before pixel statistics were kept: decode once more, here, without a model
         image_stats.update(_stats_by_hash(stats_only, paths, hashes, max(1, min(4, len(stats_only)))))
-    rows = np.full(len(paths), -1, dtype=np.int64)
-    problems: dict[str, list[str]] = {}
-    vectors_out: list[np.ndarray] = []
-    stats_matrix = np.full((len(paths), len(STAT_KEYS)), np.nan, dtype=np.float32)
-    for i, (sample_id, key) in enumerate(zip(samples.index, hashes, strict=True)):
-        if key is None:
-            continue  # missing file: already recorded by the source
-        vector, problem_text = results[key]
-        codes = [c for c in problem_text.split(";") if c]
-        if codes:
-            problems[str(sample_id)] = codes
-        if vector is not None and not (set(codes) & UNREADABLE):
-            rows[i] = len(vectors_out)
-            vectors_out.append(np.asarray(vector, dtype=np.float32))
-        stats = image_stats.get(key)
-        if stats is None and cache is not None:
-            stats = cache.stats(key)
-        if stats is not None:
-            stats_matrix[i] = stats
-    matrix = np.stack(vectors_out) if vectors_out else np.empty((0, resolved.dim), np.float32)
+    matrix, rows, problems, stats_matrix = per_sample_outputs(samples.index, hashes, results, image_stats, cache,
+                                                              resolved.dim)
     timings["total"] = time.perf_counter() - started
     return RayEmbeddingOutcome(vectors=matrix, rows=rows, hashes=hashes, problems=problems, n_cached=n_cached,
                                n_embedded=len(todo), timings=timings, stats=stats_matrix, model_loaded=bool(todo),
