@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from audit.demos.scenes import digit_alpha, free_spot
 from audit.geometry import box_iou_matrix, build_object_table, mask_to_rle, rle_to_box
 
 CLASSES = [str(d) for d in range(10)]
@@ -114,23 +115,6 @@ def _background(grass: np.ndarray, rng: np.random.Generator, side: int) -> np.nd
     return crop / 255.0 * BACKGROUND_MAX
 
 
-def _digit_alpha(pixels: np.ndarray, side: int) -> np.ndarray:
-    from PIL import Image
-
-    grey = Image.fromarray((pixels / 16.0 * 255.0).astype(np.uint8), mode="L")
-    return np.asarray(grey.resize((side, side), Image.Resampling.BILINEAR), dtype=float) / 255.0
-
-
-def _place(occupied: list[tuple[int, int, int]], side: int, canvas: int, rng: np.random.Generator,
-           tries: int = 200) -> tuple[int, int] | None:
-    for _ in range(tries):
-        x, y = int(rng.integers(0, canvas - side + 1)), int(rng.integers(0, canvas - side + 1))
-        if all(x + side + GAP <= ox or ox + os_ + GAP <= x or y + side + GAP <= oy or oy + os_ + GAP <= y
-               for ox, oy, os_ in occupied):
-            return x, y
-    return None
-
-
 def _truth_images(n_images: int, canvas: int, rng: np.random.Generator) -> tuple[dict[str, np.ndarray],
                                                                                   list[dict]]:
     from skimage.data import grass
@@ -148,7 +132,7 @@ def _truth_images(n_images: int, canvas: int, rng: np.random.Generator) -> tuple
         occupied: list[tuple[int, int, int]] = []
         for _ in range(int(rng.integers(DIGITS_PER_IMAGE[0], DIGITS_PER_IMAGE[1] + 1))):
             side = int(rng.integers(DIGIT_SIDES[0], DIGIT_SIDES[1] + 1))
-            spot = _place(occupied, side, canvas, rng)
+            spot = free_spot(occupied, side, canvas, rng, GAP)
             if spot is None:
                 continue
             if used == len(order):
@@ -157,7 +141,7 @@ def _truth_images(n_images: int, canvas: int, rng: np.random.Generator) -> tuple
             used += 1
             x, y = spot
             occupied.append((x, y, side))
-            alpha = _digit_alpha(digits.images[index], side)
+            alpha = digit_alpha(digits.images[index], side)
             region = image[y:y + side, x:x + side]
             image[y:y + side, x:x + side] = region * (1 - alpha) + 255.0 * alpha
             mask = np.zeros((canvas, canvas), bool)

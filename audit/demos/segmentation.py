@@ -63,6 +63,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from audit.demos.scenes import digit_alpha, free_spot
+
 DIGITS = [str(d) for d in range(10)]
 CLASSES = ["background", *DIGITS]  # mask value i -> CLASSES[i]
 BACKGROUND = 0
@@ -124,23 +126,6 @@ def _photos() -> dict[str, np.ndarray]:
     return {name: getattr(data, name)() for name in BACKGROUNDS}
 
 
-def _digit_alpha(pixels: np.ndarray, side: int) -> np.ndarray:
-    from PIL import Image
-
-    grey = Image.fromarray((pixels / 16.0 * 255.0).astype(np.uint8), mode="L")
-    return np.asarray(grey.resize((side, side), Image.Resampling.BILINEAR), dtype=float) / 255.0
-
-
-def _place(occupied: list[tuple[int, int, int]], side: int, canvas: int, rng: np.random.Generator,
-           tries: int = 200) -> tuple[int, int] | None:
-    for _ in range(tries):
-        x, y = int(rng.integers(0, canvas - side + 1)), int(rng.integers(0, canvas - side + 1))
-        if all(x + side + GAP <= ox or ox + s + GAP <= x or y + side + GAP <= oy or oy + s + GAP <= y
-               for ox, oy, s in occupied):
-            return x, y
-    return None
-
-
 class _DigitSource:
     """sklearn's digit scans in a seeded random order, each used once before any is reused."""
 
@@ -170,13 +155,13 @@ def _truth_image(photos: dict[str, np.ndarray], digits: _DigitSource, canvas: in
     occupied: list[tuple[int, int, int]] = []
     for _ in range(int(rng.integers(per_image[0], per_image[1] + 1))):
         side = int(rng.integers(sides[0], sides[1] + 1))
-        spot = _place(occupied, side, canvas, rng)
+        spot = free_spot(occupied, side, canvas, rng, GAP)
         if spot is None:
             continue
         pixels, target, _ = digits.next()
         x, y = spot
         occupied.append((x, y, side))
-        alpha = _digit_alpha(pixels, side)
+        alpha = digit_alpha(pixels, side)
         window = (slice(y, y + side), slice(x, x + side))
         image[window] = image[window] * (1 - alpha) + 255.0 * alpha
         ink = alpha >= INK_ALPHA
