@@ -288,7 +288,7 @@ class MistakesCheck(Check):
 
         labels = codes[audit_mask]
         audited_probs = probs[audit_mask]
-        is_issue, quality = _flag(labels, audited_probs, params["filter_by"], params["min_quality"])
+        is_issue, quality = flag_labels(labels, audited_probs, params["filter_by"], params["min_quality"])
         suggested = audited_probs.argmax(axis=1)
         # A label a reviewer confirmed correct, on an image and label unchanged since, is not flagged again.
         confirmed = np.zeros(n, dtype=bool)
@@ -487,8 +487,10 @@ def _validated_embeddings(embeddings: np.ndarray, sample_ids: pd.Index, audit_ma
     return array
 
 
-def _flag(labels: np.ndarray, probs: np.ndarray, rules: list[str], min_quality: float | None,
-          ) -> tuple[np.ndarray, np.ndarray]:
+def flag_labels(labels: np.ndarray, probs: np.ndarray, rules: list[str], min_quality: float | None,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The flags of ``rules`` (OR-ed; see ``filter_by``) and cleanlab's self-confidence of each label: one rule set
+    for images, objects and the demos."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 

@@ -96,7 +96,7 @@ class ObjectMistakesCheck(Check):
 
     def run(self, context: CheckContext) -> CheckResult:
         from audit.checks.mistakes import DEFAULTS as IMAGE_DEFAULTS
-        from audit.checks.mistakes import _flag
+        from audit.checks.mistakes import flag_labels
         from audit.checks.predictions import cross_validated_pred_probs
         from audit.geometry import same_class_overlap
 
@@ -127,7 +127,8 @@ class ObjectMistakesCheck(Check):
             x_all[keep], y_all[keep], len(names), params["folds"], params["knn_neighbors"], context.seed)
         flags_all = np.zeros(len(y_all), dtype=bool)
         quality_all = np.full(len(y_all), np.nan)
-        flags_all[keep], quality_all[keep] = _flag(y_all[keep], probs_all[keep], IMAGE_DEFAULTS["filter_by"], None)
+        flags_all[keep], quality_all[keep] = flag_labels(y_all[keep], probs_all[keep], IMAGE_DEFAULTS["filter_by"],
+                                                         None)
         n_items = int(usable.sum())
         audited = np.flatnonzero(usable)
         probs = np.full((len(items), len(names)), np.nan)

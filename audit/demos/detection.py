@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from audit.checks.object_mistakes import misplaced_boxes
 from audit.demos.scenes import digit_alpha, free_spot
 from audit.geometry import box_iou_matrix, build_object_table, mask_to_rle, rle_to_box
 
@@ -676,41 +677,14 @@ def _missing_hits(places: pd.DataFrame, missing: pd.DataFrame, threshold: float)
 # ------------------------------------------------------------------------------------------------ findings
 
 
-def misplaced_boxes(objects: pd.DataFrame, share: float = 0.3, seed: int = 0) -> pd.DataFrame:
-    """Badly drawn copies of a share of the label boxes: half moved by 30-60% of their size in a random direction,
-    half enlarged 1.4-1.9 times about their centre. What a misplaced box looks like, made from the labels alone."""
-    rng = np.random.default_rng(seed)
-    chosen = objects.iloc[np.sort(rng.choice(len(objects), size=round(share * len(objects)), replace=False))]
-    boxes = chosen[["x", "y", "w", "h"]].to_numpy(float).copy()
-    for box in boxes:
-        if rng.random() < 0.5:
-            angle, step = rng.uniform(0, 2 * math.pi), rng.uniform(0.3, 0.6)
-            box[0] += math.cos(angle) * step * box[2]
-            box[1] += math.sin(angle) * step * box[3]
-        else:
-            grow = rng.uniform(1.4, 1.9)
-            box[0] -= (grow - 1) / 2 * box[2]
-            box[1] -= (grow - 1) / 2 * box[3]
-            box[2:] *= grow
-    return pd.DataFrame({"sample_id": chosen["sample_id"].to_numpy(), "x": boxes[:, 0], "y": boxes[:, 1],
-                         "w": boxes[:, 2], "h": boxes[:, 3]})
-
-
 def image_pipeline_flags(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """The image ``mistakes`` check's default flag rules (``audit.checks.mistakes.DEFAULTS["filter_by"]``, OR-ed),
     so objects are judged exactly as images are."""
-    from cleanlab.filter import find_label_issues
+    from audit.checks.mistakes import DEFAULTS, flag_labels
 
-    from audit.checks import mistakes
-
-    flags = np.zeros(len(labels), bool)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for rule in mistakes.DEFAULTS["filter_by"]:
-            own = getattr(mistakes, rule, None)
-            flags |= own(labels, probs) if callable(own) else find_label_issues(labels, probs, filter_by=rule,
-                                                                                  n_jobs=1)
-    return flags
+        return flag_labels(labels, probs, list(DEFAULTS["filter_by"]), None)[0]
 
 
 def findings_without_predictions(demo: DetectionDemo, label_set: str = GIVEN, negatives: tuple[str, ...] = (

@@ -529,26 +529,29 @@ def load_masks(path: str | Path, class_map: str | Path | MaskSpec, masks: str | 
     mask_annotations = (pd.DataFrame(rows, columns=["sample_id", "annotator", "mask_path"]) if annotator_masks
                         else None)
 
-    sizes = {s: image_size(f) for s, f in samples["filepath"].items()}
-    _check_sizes(samples["mask"], sizes, "")
-    if mask_annotations is not None:
-        for annotator, group in mask_annotations.groupby("annotator", sort=False):
-            _check_sizes(group.set_index("sample_id")["mask_path"], sizes, f" (annotator {annotator!r})")
-
-    samples["problems"] = ""
-    if scan:
-        samples["problems"] = [";".join(mask_problem_codes(m, spec)) if m is not None else ""
-                               for _, m in iter_masks(samples["mask"], spec)]
-        if mask_annotations is not None:
-            mask_annotations["problems"] = [";".join(mask_problem_codes(read_mask(p, spec), spec))
-                                            for p in mask_annotations["mask_path"]]
-    elif mask_annotations is not None:
-        mask_annotations["problems"] = ""
+    _check_and_scan(samples, mask_annotations, spec, scan)
     description: dict[str, Any] = {"kind": "masks", "path": str(path.resolve()), "mask_spec": spec.to_dict(),
                                    "annotators": sorted(annotator_masks), "scanned": scan,
                                    "masks": None if mask_root is None else str(mask_root.resolve())}
     return SampleTable(samples, description=description, mask_annotations=mask_annotations)
 
+
+
+def _check_and_scan(samples: pd.DataFrame, mask_annotations: pd.DataFrame | None, spec: MaskSpec, scan: bool) -> None:
+    """What every mask source does last: every mask (shipped and annotators') has its image's size, and with
+    ``scan`` each gets its problem codes (``problems`` columns, in place; empty without a scan)."""
+    sizes = {s: image_size(f) for s, f in samples["filepath"].items()}
+    _check_sizes(samples["mask"], sizes, "")
+    if mask_annotations is not None:
+        for annotator, group in mask_annotations.groupby("annotator", sort=False):
+            _check_sizes(group.set_index("sample_id")["mask_path"], sizes, f" (annotator {annotator!r})")
+    samples["problems"] = ""
+    if scan:
+        samples["problems"] = [";".join(mask_problem_codes(m, spec)) if m is not None else ""
+                               for _, m in iter_masks(samples["mask"], spec)]
+    if mask_annotations is not None:
+        mask_annotations["problems"] = ([";".join(mask_problem_codes(read_mask(p, spec), spec))
+                                         for p in mask_annotations["mask_path"]] if scan else "")
 
 def _check_sizes(masks: pd.Series, sizes: dict[str, tuple[int, int] | None], who: str) -> None:
     for sample_id, mask in masks.items():
@@ -677,18 +680,7 @@ def load_fiftyone_masks(name: str, mask_field: str | None, annotator_fields: lis
     rows = [(s, field, p) for field in annotator_fields or [] for s, p in located[field].items()]
     mask_annotations = pd.DataFrame(rows, columns=["sample_id", "annotator", "mask_path"]) if annotator_fields \
         else None
-    sizes = {s: image_size(f) for s, f in samples["filepath"].items()}
-    _check_sizes(samples["mask"], sizes, "")
-    if mask_annotations is not None:
-        for annotator, group in mask_annotations.groupby("annotator", sort=False):
-            _check_sizes(group.set_index("sample_id")["mask_path"], sizes, f" (annotator {annotator!r})")
-    samples["problems"] = ""
-    if scan:
-        samples["problems"] = [";".join(mask_problem_codes(m, spec)) if m is not None else ""
-                               for _, m in iter_masks(samples["mask"], spec)]
-    if mask_annotations is not None:
-        mask_annotations["problems"] = ([";".join(mask_problem_codes(read_mask(p, spec), spec))
-                                         for p in mask_annotations["mask_path"]] if scan else "")
+    _check_and_scan(samples, mask_annotations, spec, scan)
     description: dict[str, Any] = {"kind": "masks", "fiftyone_dataset": name, "mask_field": mask_field,
                                    "mask_spec": spec.to_dict(), "annotators": list(annotator_fields or []),
                                    "scanned": scan}

@@ -228,36 +228,10 @@ def empty_objects() -> pd.DataFrame:
     return frame
 
 
-def duplicate_flags(frame: pd.DataFrame, iou_threshold: float | None = None) -> np.ndarray:
-    """:func:`audit.geometry.duplicate_box_flags` on positions: same image, annotator and class, box IoU above
-    the threshold (both of a pair flagged), with the IoU from :func:`audit.geometry.box_iou_matrix`.
-
-    Grouping by position instead of by label keeps a COCO-sized table (~1M objects) to seconds; the geometry
-    module's pandas version indexes each group by label (about 2 ms a group, minutes for COCO train).
-    """
-    from audit.geometry import DUPLICATE_IOU, box_iou_matrix
-
-    threshold = DUPLICATE_IOU if iou_threshold is None else iou_threshold
-    flags = np.zeros(len(frame), dtype=bool)
-    boxes = frame[["x", "y", "w", "h"]].to_numpy(float)
-    groups = frame.groupby(["sample_id", "annotator", "label"], sort=False).indices
-    for positions in groups.values():
-        if len(positions) < 2:
-            continue
-        iou = box_iou_matrix(boxes[positions], boxes[positions])
-        np.fill_diagonal(iou, 0.0)
-        flags[positions] = iou.max(axis=1) > threshold
-    return flags
-
-
 def build_objects(records: Sequence[Mapping[str, Any]] | pd.DataFrame, file: Path | str | None = None) -> pd.DataFrame:
-    """Records (see :class:`ObjectRecords`) -> the canonical object table.
-
-    The same result as :func:`audit.geometry.build_object_table` (clipping, normalising and problem codes are
-    the geometry module's functions, so every format agrees; ``tests/sources/test_objects.py`` checks the two
-    agree), with the duplicate search done by position (:func:`duplicate_flags`) so large datasets load fast.
-    """
-    from audit.geometry import box_problem_codes, clip_boxes, join_codes, normalize_boxes
+    """Records (see :class:`ObjectRecords`) -> the canonical object table: :func:`audit.geometry.build_object_table`
+    (clipping, normalising, problem codes, duplicate boxes), with errors that name the file."""
+    from audit.geometry import build_object_table
 
     if len(records) == 0:
         return empty_objects()
@@ -267,38 +241,13 @@ def build_objects(records: Sequence[Mapping[str, Any]] | pd.DataFrame, file: Pat
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise SourceError(f"{where}object records need columns {missing}")
-    frame["object_id"] = frame["object_id"].astype(str)
-    twice = frame["object_id"].duplicated()
+    twice = frame["object_id"].astype(str).duplicated()
     if twice.any():
-        raise SourceError(f"{where}duplicate object id {frame.loc[twice, 'object_id'].iloc[0]!r}")
-    defaults = {"mask": None, "iscrowd": False, "annotator": "", "score": np.nan, "problems": "", "source": ""}
-    for column, value in defaults.items():
-        if column not in frame.columns:
-            frame[column] = value
-    width = frame["image_width"].to_numpy(float)
-    height = frame["image_height"].to_numpy(float)
+        raise SourceError(f"{where}duplicate object id {str(frame.loc[twice, 'object_id'].iloc[0])!r}")
     try:
-        clipped, was_clipped = clip_boxes(frame[["x", "y", "w", "h"]].to_numpy(float), width, height)
-        normalised = normalize_boxes(clipped, width, height)
+        return build_object_table(frame)
     except GeometryError as exc:
         raise SourceError(f"{where}{exc}") from exc
-    frame[["x", "y", "w", "h"]] = clipped
-    frame[["xn", "yn", "wn", "hn"]] = normalised
-    codes = box_problem_codes(clipped, width, height, was_clipped)
-    frame["sample_id"] = frame["sample_id"].astype(str)
-    frame["label"] = frame["label"].astype(str)
-    frame["annotator"] = frame["annotator"].fillna("").astype(str)
-    duplicates = duplicate_flags(frame)
-    frame["problems"] = [join_codes(old if isinstance(old, str) else "", new, "duplicate_box" if dup else "")
-                         for old, new, dup in zip(frame["problems"], codes, duplicates, strict=True)]
-    frame["image_width"] = frame["image_width"].astype(int)
-    frame["image_height"] = frame["image_height"].astype(int)
-    frame["iscrowd"] = frame["iscrowd"].fillna(False).astype(bool)
-    frame["score"] = frame["score"].astype(float)
-    frame["mask"] = frame["mask"].astype(object).where(frame["mask"].notna(), None)
-    frame["source"] = frame["source"].fillna("").astype(str)
-    frame = frame.set_index("object_id")
-    return frame[list(OBJECT_COLUMNS)]
 
 
 def image_samples(rows: Iterable[tuple[str, str | Path, str]], *, label: Mapping[str, str] | None = None,
