@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from audit.checks.base import CheckContext, CheckError, validate_result
+from audit.checks.base import CheckContext, run_check
 
 if TYPE_CHECKING:
     from audit.config import AuditConfig
@@ -174,15 +174,7 @@ def audit_objects(config: AuditConfig, table: SampleTable, samples: pd.DataFrame
                                params=dict(config.checks.get(name, {})), baseline=baseline, prior=prior,
                                seed=config.seed, ledger=ledger,
                                extra={"objects": objects, "images": samples, "agreement": agreement, "crops": crops})
-        with reporter.stage(f"check {name}") as stage:
-            try:
-                result = check_class().run(context)
-            except (CheckError, ValueError):
-                raise
-            except Exception as exc:  # a broken check fails the run, loudly, with its name
-                raise CheckError(f"check {name!r} failed: {type(exc).__name__}: {exc}") from exc
-            stage.result = check_class.summary_line(result.metrics)
-        validate_result(result, items.index)
+        result = run_check(check_class, context, reporter)
         prior[name] = result
         objects = objects.join(result.samples)
         if result.others is not None:

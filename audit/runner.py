@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.checks.base import Check, CheckContext, CheckError, json_safe, validate_result
+from audit.checks.base import CheckContext, json_safe, run_check, validate_result
 from audit.config import AuditConfig
 from audit.progress import Progress, as_progress
 from audit.results import RunResults, dataset_key, previous_run, write_run
@@ -264,16 +264,7 @@ def run(config: AuditConfig, progress: bool | Progress = True) -> RunResults:
                                seed=config.seed, ledger=ledger,
                                extra={**_image_extra(table, config.mask_probs, folder),
                                       "embedder": embedder_description, "previous_run": previous})
-        with reporter.stage(f"check {name}") as stage:
-            try:
-                result = check_class().run(context)
-            except (CheckError, ValueError):
-                raise
-            except Exception as exc:  # a broken check fails the run, loudly, with its name
-                raise CheckError(f"check {name!r} failed: {type(exc).__name__}: {exc}") from exc
-            stage.result = Check.summary_line.__func__(check_class, result.metrics) if not hasattr(
-                check_class, "summary_line") else check_class.summary_line(result.metrics)
-        validate_result(result, samples.index)
+        result = run_check(check_class, context, reporter)
         prior[name] = result
         samples = samples.join(result.samples)
         check_metrics[name] = result.metrics

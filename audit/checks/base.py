@@ -196,6 +196,23 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def run_check(check_class: type[Check], context: CheckContext, reporter: Any) -> CheckResult:
+    """Run one check as a stage of ``reporter`` (its line ends with the check's summary), for every level (images,
+    objects): a bad input stays the check's own error, any other exception fails the run with the check's name,
+    and the result must keep the contract (:func:`validate_result`)."""
+    name = check_class.name
+    with reporter.stage(f"check {name}") as stage:
+        try:
+            result = check_class().run(context)
+        except (CheckError, ValueError):
+            raise
+        except Exception as exc:  # a broken check fails the run, loudly, with its name
+            raise CheckError(f"check {name!r} failed: {type(exc).__name__}: {exc}") from exc
+        stage.result = check_class.summary_line(result.metrics)
+    validate_result(result, context.samples.index)
+    return result
+
+
 def validate_result(result: CheckResult, sample_ids: pd.Index) -> None:
     """Fail loudly when a check breaks the contract (wrong index, unprefixed columns, metrics not JSON-safe)."""
     if not result.samples.index.equals(sample_ids):
