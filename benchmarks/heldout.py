@@ -10,12 +10,22 @@ between candidates. A default changed because of a held-out number makes that se
 ``TUNING`` in this module and add a new held-out set (another seed or noise structure) in its place. The JSON
 and Markdown record the role of every set.
 
-How the current defaults were chosen (issue 17): the flag rule and the refit were chosen on the symmetric and
-pairs sets at seeds 0-2 and on the human-validated CIFAR-10 / MNIST errors (:mod:`benchmarks.label_errors`).
-The other structures were then run at seed 100 (with symmetric and pairs 10%), and at seeds 0-2 and 100 to
-compare alternative rules (cleanlab's per-class and per-cell counts, unions and intersections, other scores);
-none was adopted, but as those seeds were looked at they are tuning sets too. Seeds 101-103 of every structure
-are held out: no number from them was seen before the defaults were fixed.
+How the current defaults were chosen (issue 17), in three rounds; after each, the held-out seeds that had been
+looked at became tuning seeds and new ones were held out.
+
+1. The low-margin rule and the refit, on the symmetric and pairs sets at seeds 0-2, then every structure at
+   seeds 0-2 and 100, and the human-validated CIFAR-10 / MNIST errors (:mod:`benchmarks.label_errors`). Held
+   out, seeds 101-103: behind cleanlab's defaults on 7 of 36 sets, all with confusions concentrated on a few
+   class pairs.
+2. The noise-posterior rule (:func:`audit.checks.flag_rule.noise_posterior`) and its refit, on seeds 0-2 and
+   100-103 of every structure without annotators (probabilities cached, about 40 rankings and counts compared)
+   and the validated errors. Held out, seeds 104-106: F1 >= 0.95 on 25 of 36 sets, behind cleanlab on 3 (two
+   shared-annotator sets, by 0.003 and 0.007; one long-tailed set), the shared-annotator sets far below 0.95
+   (precision 0.98, recall 0.63: too few flags).
+3. The count for an audited consensus (``consensus=True``), on the shared-annotator sets of seeds 0-2 and
+   100-103 (mean F1 0.830 -> 0.945 there).
+
+Seeds 107-109 of every structure are held out: no number from them was seen before these defaults were fixed.
 
 **Data: real images through the user's path.** sklearn's 1,797 real 8x8 digit scans are written as PNGs (by
 :func:`audit.demo.build_demo_dataset`, 32x32 grey), each set writes a manifest (and an annotations CSV when it
@@ -44,15 +54,16 @@ Every structure runs at the tuning seeds 0, 1, 2, 100 and the held-out seeds 101
 Methods, on the same probabilities: label-audit's defaults (the run's own flags and ``mistakes_label_quality``),
 cleanlab ``find_label_issues`` / ``get_label_quality_scores`` defaults, cleanlab ``Datalab`` label issues (with
 the embeddings as features) and FiftyOne Brain ``compute_mistakenness`` (flag: mistakenness > 0.5) -- the
-helpers of :mod:`benchmarks.detection`. Two diagnostic rows, on sets without annotators: the rule before
+helpers of :mod:`benchmarks.detection`. Three diagnostic rows: label-audit's previous default
+(``low_margin_calibrated_count``) on the same probabilities; and, on sets without annotators, the rule before
 issue 17 (cleanlab's ``prune_by_noise_rate`` OR ``low_normalized_margin``) and today's rule without the refit,
 both on the single-fit probabilities (:func:`audit.checks.predictions.cross_validated_pred_probs` with
 ``refit=False``, which is what the pipeline computed before the refit existed). Metrics: precision, recall and
 F1 of the flags against the truth, AUROC and average precision of the score (higher = more suspicious).
 
 ``--quick`` (CI) runs one held-out seed of 8 structures (no tuning sets, no FiftyOne: its MongoDB writes take
-longer than the audit) in about half a minute on 2 cores. The full form runs all 84 sets, FiftyOne on the
-held-out ones: about 9 CPU-minutes (27 minutes of wall time on a 2-core machine busy with other jobs).
+longer than the audit) in about half a minute on 2 cores. The full form runs all 221 sets, FiftyOne on the
+held-out ones.
 """
 
 from __future__ import annotations
@@ -73,8 +84,8 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "heldout.json"
-TUNING_SEEDS = (0, 1, 2, 100)
-HELDOUT_SEEDS = (101, 102, 103)
+TUNING_SEEDS = (0, 1, 2, 100, 101, 102, 103, 104, 105, 106)
+HELDOUT_SEEDS = (107, 108, 109)
 NOISE_LEVELS = (0.05, 0.10, 0.20)
 # true digit -> (label it is confused with, relative rate); rates are scaled to the set's overall noise level
 LOOKALIKE = {1: (7, 2.5), 3: (8, 2.0), 4: (9, 2.0), 5: (6, 1.5), 7: (1, 1.5), 8: (3, 1.0), 9: (4, 1.0), 6: (5, 1.0)}
@@ -87,6 +98,7 @@ CLEANLAB = "cleanlab find_label_issues"
 PEERS = [CLEANLAB, "cleanlab Datalab", "FiftyOne compute_mistakenness"]
 BEFORE = "label-audit rule before issue 17 (single fit)"
 NO_REFIT = "label-audit rule, single fit (no refit)"
+PREVIOUS = "label-audit previous default (low margin, calibrated count)"
 TARGET_F1 = 0.95
 COLUMNS = ("precision", "recall", "f1", "auroc", "average_precision")
 
@@ -223,7 +235,7 @@ def _previous_rule(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 def run_set(noise_set: NoiseSet, images: pd.DataFrame, root: Path, with_fiftyone: bool) -> dict[str, Any]:
     """Audit one set end to end, then score label-audit and the peers on the same probabilities."""
-    from audit.checks.flag_rule import low_margin_calibrated_count
+    from audit.checks.flag_rule import low_margin_calibrated_count, noise_posterior
     from audit.checks.predictions import cross_validated_pred_probs
     from audit.config import build_config
     from audit.runner import run
@@ -266,6 +278,8 @@ def run_set(noise_set: NoiseSet, images: pd.DataFrame, root: Path, with_fiftyone
     if with_fiftyone:
         peers["FiftyOne compute_mistakenness"] = lambda: fiftyone_mistakenness(
             labels, probs, class_names, samples["filepath"][keep].tolist())
+    methods[PREVIOUS] = flag_metrics(truth, low_margin_calibrated_count(labels, probs),
+                                     1.0 - probs[np.arange(len(labels)), labels])
     for name, method in peers.items():
         started = time.perf_counter()
         flags, suspicion = method()
@@ -275,7 +289,7 @@ def run_set(noise_set: NoiseSet, images: pd.DataFrame, root: Path, with_fiftyone
                                                 refit=False)
         suspicion = 1.0 - single[np.arange(len(labels)), labels]
         methods[BEFORE] = flag_metrics(truth, _previous_rule(labels, single), suspicion)
-        methods[NO_REFIT] = flag_metrics(truth, low_margin_calibrated_count(labels, single), suspicion)
+        methods[NO_REFIT] = flag_metrics(truth, noise_posterior(labels, single), suspicion)
     mistakes = result.check_metrics("mistakes")
     return {**asdict(noise_set), "name": noise_set.name, "group": noise_set.group,
             "n_samples": int(keep.sum()), "n_wrong": int(truth.sum()), "wrong_rate": float(truth.mean()),
@@ -286,13 +300,15 @@ def run_set(noise_set: NoiseSet, images: pd.DataFrame, root: Path, with_fiftyone
 
 
 def best_cut_f1(truth: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> float:
-    """The best F1 that flagging the top ``n`` of the normalized-margin ranking reaches, over every ``n``: what
-    a perfect estimate of the count could give label-audit's flag rule on these probabilities."""
-    from cleanlab.rank import get_label_quality_scores
+    """The best F1 that label-audit's flag ranking (:func:`audit.checks.flag_rule.noise_ranking`, without the
+    samples whose label is their most likely class, which the rule never flags) reaches at any cut: what a
+    perfect estimate of the count could give the default rule on these probabilities."""
+    from audit.checks.flag_rule import noise_ranking
 
-    order = np.argsort(get_label_quality_scores(labels, probs, method="normalized_margin"), kind="stable")
-    hits = np.cumsum(truth[order])
-    return float((2 * hits / (np.arange(1, len(order) + 1) + truth.sum())).max())
+    ranked, _, _, disagrees, _ = noise_ranking(labels, probs)
+    hits = np.cumsum((truth & disagrees)[ranked])
+    flagged = np.cumsum(disagrees[ranked])
+    return float((2 * hits / (flagged + truth.sum())).max())
 
 
 # ------------------------------------------------------------------------------------------------ all sets
@@ -401,10 +417,12 @@ def _cell(value: float, best: float) -> str:
 
 def summary_table(results: dict[str, Any], role: str) -> str:
     """One row per group of the role: label-audit's precision / recall, F1 / AUROC / AP of every method on the
-    same probabilities (mean over seeds; best of the row in bold), then the F1 of the rule before issue 17."""
+    same probabilities (mean over seeds; best of the row in bold), then the F1 of label-audit's previous default
+    on the same probabilities and of the rule before issue 17."""
     names = [LABEL_AUDIT, *PEERS]
-    lines = ["| set (seeds) | wrong | ceiling | label-audit P / R | " + " | ".join(names) + " | rule before issue 17 |",
-             "| --- | --- | --- | --- |" + " --- |" * (len(names) + 1)]
+    lines = ["| set (seeds) | wrong | ceiling | label-audit P / R | " + " | ".join(names)
+             + " | previous default | rule before issue 17 |",
+             "| --- | --- | --- | --- |" + " --- |" * (len(names) + 2)]
     for row in results["summary"]:
         if row["role"] != role:
             continue
@@ -420,15 +438,16 @@ def summary_table(results: dict[str, Any], role: str) -> str:
         ours = methods[LABEL_AUDIT]
         seeds = ", ".join(str(s) for s in row["seeds"])
         before = f"{methods[BEFORE]['f1']:.3f}" if BEFORE in methods else "—"
+        previous = f"{methods[PREVIOUS]['f1']:.3f}" if PREVIOUS in methods else "—"
         lines.append(f"| {row['group']} ({seeds}) | {row['n_wrong']:.0f} of {row['n_samples']:.0f} | "
                      f"{row['ceiling_f1']:.3f} | {ours['precision']:.3f} / {ours['recall']:.3f} | "
-                     + " | ".join(cells) + f" | {before} |")
+                     + " | ".join(cells) + f" | {previous} | {before} |")
     return "\n".join(lines) + "\n"
 
 
 def sets_table(results: dict[str, Any]) -> str:
     """Every set: F1 of label-audit, cleanlab's defaults and the two diagnostic rows, and flag counts."""
-    names = [LABEL_AUDIT, CLEANLAB, "cleanlab Datalab", "FiftyOne compute_mistakenness", NO_REFIT, BEFORE]
+    names = [LABEL_AUDIT, CLEANLAB, "cleanlab Datalab", "FiftyOne compute_mistakenness", PREVIOUS, NO_REFIT, BEFORE]
     lines = ["| role | set | wrong | ceiling | " + " | ".join(f"{n}: F1 (flags)" for n in names) + " |",
              "| --- | --- | --- | --- |" + " --- |" * len(names)]
     for s in results["sets"]:
@@ -446,8 +465,9 @@ def to_markdown(results: dict[str, Any]) -> str:
            "out-of-sample probabilities label-audit's run wrote, except the last column (the rule before issue 17 "
            "on the single-fit probabilities the pipeline computed then; — where the set has annotators). "
            "label-audit's score is cleanlab's self-confidence, as cleanlab's, so those two rank alike and differ "
-           "in their flags only. Ceiling: the best F1 that flagging the top of label-audit's flag ranking (the "
-           "normalized margin) reaches at any count, on the same probabilities.\n",
+           "in their flags only. Ceiling: the best F1 that flagging the top of label-audit's flag ranking (confident "
+           "disagreements, then the noise posterior) reaches at any count, on the same probabilities. Previous "
+           "default: label-audit's low-margin rule on the same probabilities.\n",
            "**Held-out sets** (never used to choose a default):\n", summary_table(results, "held-out")]
     if any(s["role"] == "tuning" for s in results["sets"]):
         out += ["**Tuning sets** (the defaults were chosen on these):\n", summary_table(results, "tuning")]

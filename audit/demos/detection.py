@@ -677,14 +677,15 @@ def _missing_hits(places: pd.DataFrame, missing: pd.DataFrame, threshold: float)
 # ------------------------------------------------------------------------------------------------ findings
 
 
-def image_pipeline_flags(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """The image ``mistakes`` check's default flag rules (``audit.checks.mistakes.DEFAULTS["filter_by"]``, OR-ed),
-    so objects are judged exactly as images are."""
-    from audit.checks.mistakes import DEFAULTS, flag_labels
+def object_flags(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """The ``object_mistakes`` check's flag rules (:data:`audit.checks.object_mistakes.FLAG_RULES`), so the demo
+    judges boxes exactly as the check does."""
+    from audit.checks.mistakes import flag_labels
+    from audit.checks.object_mistakes import FLAG_RULES
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return flag_labels(labels, probs, list(DEFAULTS["filter_by"]), None)[0]
+        return flag_labels(labels, probs, FLAG_RULES, None)[0]
 
 
 def findings_without_predictions(demo: DetectionDemo, label_set: str = GIVEN, negatives: tuple[str, ...] = (
@@ -696,7 +697,8 @@ def findings_without_predictions(demo: DetectionDemo, label_set: str = GIVEN, ne
     :func:`crop_features`, 8x8 grey), trained on the label boxes with their classes plus, per ``negatives``,
     examples made from the labels themselves: ``background`` (two random windows per image overlapping no label
     box, :func:`background_boxes`) and ``misplaced`` (badly drawn copies of 30% of the label boxes,
-    :func:`misplaced_boxes`). Flags are the image pipeline's default rules (:func:`image_pipeline_flags`).
+    :func:`misplaced_boxes`). Flags and the classifier's refit are the ``object_mistakes`` check's
+    (:func:`object_flags`).
 
     - ``wrong_class``: flagged boxes whose most likely class is a digit; score = highest other digit's
       probability minus the given class's (the normalised margin, on digits only).
@@ -705,6 +707,7 @@ def findings_without_predictions(demo: DetectionDemo, label_set: str = GIVEN, ne
     - ``location`` (needs the ``misplaced`` negative): score = probability of misplaced; flag = most likely.
     - ``duplicate``: :func:`audit.geometry.same_class_overlap` (flag: IoU >= 0.5).
     """
+    from audit.checks.flag_rule import low_margin_calibrated_count
     from audit.checks.predictions import cross_validated_pred_probs
     from audit.geometry import same_class_overlap
 
@@ -721,8 +724,9 @@ def findings_without_predictions(demo: DetectionDemo, label_set: str = GIVEN, ne
     x = np.vstack([object_crop_features(labels, demo.samples),
                    object_crop_features(others.set_index(pd.RangeIndex(len(others))), demo.samples)])
     y = np.r_[labels["label"].map(codes).to_numpy(int), others["label"].map(codes).to_numpy(int)]
-    all_probs, _, _, _ = cross_validated_pred_probs(x, y, len(names), folds, seed=seed)
-    flagged = image_pipeline_flags(y, all_probs)[: len(labels)]
+    all_probs, _, _, _ = cross_validated_pred_probs(x, y, len(names), folds, seed=seed,
+                                                    refit_rule=low_margin_calibrated_count)
+    flagged = object_flags(y, all_probs)[: len(labels)]
     n = len(labels)
     probs, given = all_probs[:n], y[:n]
     digits = probs[:, : len(CLASSES)].copy()
@@ -781,7 +785,7 @@ def findings_from_predictions(labels: pd.DataFrame, predictions: pd.DataFrame, s
     :func:`~audit.checks.object_detection.prediction_evidence` scores and same-class overlap for duplicates.
     Evidence scores are ``class_margin``, ``location_issue_score`` (which includes ObjectLab's badloc),
     ``spurious_score``, unlabelled detections' confidence and same-class overlap. Evidence flags: wrong class,
-    the image pipeline's rules (:func:`image_pipeline_flags`) on
+    the ``object_mistakes`` check's rules (:func:`object_flags`) on
     :func:`~audit.checks.object_detection.label_class_probs` (boxes no prediction overlaps are not judged);
     location, ``location_score > 0.5``; spurious, ``spurious_score >= 0.9`` (no detection above 0.1 there);
     missing, unlabelled detections with confidence >= 0.5; duplicate, same-class overlap >= 0.5."""
@@ -796,7 +800,7 @@ def findings_from_predictions(labels: pd.DataFrame, predictions: pd.DataFrame, s
     class_flags = np.zeros(len(labels), bool)
     codes = labels["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(int)
     if judged.sum() > 1:
-        class_flags[judged] = image_pipeline_flags(codes[judged], probs[judged])
+        class_flags[judged] = object_flags(codes[judged], probs[judged])
 
     def col(name: str) -> pd.Series:
         return per[f"{PREFIX}{name}"]

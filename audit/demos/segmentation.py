@@ -605,6 +605,7 @@ def findings_without_model(demo: SegmentationDemo, folds: int = 5, seed: int = 0
     ``wrong_class`` finding when its most likely class is another digit, ``extra`` when it is background.
     Returns the findings, the image scores (``mask_regions_score``) and the metrics.
     """
+    from audit.checks.flag_rule import low_margin_calibrated_count
     from audit.checks.mask_mistakes import region_label_issues, region_objects
     from audit.checks.predictions import cross_validated_pred_probs
 
@@ -615,7 +616,9 @@ def findings_without_model(demo: SegmentationDemo, folds: int = 5, seed: int = 0
     codes = {c: i for i, c in enumerate(spec.classes)}
     x = np.vstack([features, windows])
     y = np.concatenate([objects["label"].map(codes).to_numpy(int), np.full(len(windows), spec.background)])
-    probs, _, description, _ = cross_validated_pred_probs(x, y, spec.n_classes, folds, seed=seed)
+    # trained with made-up background windows: the low-margin refit, as for object crops (audit.checks.object_mistakes)
+    probs, _, description, _ = cross_validated_pred_probs(x, y, spec.n_classes, folds, seed=seed,
+                                                          refit_rule=low_margin_calibrated_count)
     result = region_label_issues(objects, probs[: len(objects)], spec.classes, sample_ids=demo.samples.index)
     regions = result.regions
     suggested = regions["region_suggested_label"]
