@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -25,7 +25,19 @@ from audit.results import _atomic_save
 
 if TYPE_CHECKING:
     from audit.config import EmbedderConfig
-    from audit.embeddings.embedders import Embedder
+
+
+class Embedder(Protocol):
+    """What the cache needs of an embedder (:class:`audit.embeddings.embedders.Embedder` and the cached-identity
+    embedder have it), named here so that this module need not import the embedders, which import it."""
+
+    @property
+    def cache_key(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
 CACHE_FORMAT = 1
 DEFAULT_CACHE_DIR = Path(os.environ.get("LABEL_AUDIT_CACHE", Path.home() / ".cache" / "label-audit")) / "embeddings"
