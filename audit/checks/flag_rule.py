@@ -23,16 +23,13 @@ def low_margin_calibrated_count(labels: np.ndarray, probs: np.ndarray) -> np.nda
     from cleanlab.rank import get_label_quality_scores
 
     labels = np.asarray(labels)
-    rows = np.arange(len(labels))
-    flags = np.zeros(len(labels), dtype=bool)
     if len(labels) == 0:
-        return flags
+        return np.zeros(0, dtype=bool)
     count = int(num_label_issues(labels, probs, estimation_method="off_diagonal_calibrated"))
     margin = get_label_quality_scores(labels, probs, method="normalized_margin")
-    flags[np.argsort(margin, kind="stable")[:count]] = True
-    others = probs.copy()
-    others[rows, labels] = -np.inf
-    return flags & (others.max(axis=1) > probs[rows, labels])
+    flags = _first(np.argsort(margin, kind="stable"), count)
+    given, best_other = _given_and_best_other(labels, probs)
+    return flags & (best_other > given)
 
 
 CONFIDENT_MARGIN = 0.8  # another class this much more likely than the label: flagged whatever the count
@@ -68,9 +65,7 @@ def noise_posterior(labels: np.ndarray, probs: np.ndarray, consensus: bool = Fal
     count = round((calibrated + expected) / 2)
     if consensus:
         count = round((count + int(disagrees.sum())) / 2)
-    flags = np.zeros(len(ranked), dtype=bool)
-    flags[ranked[:max(count, int(confident.sum()))]] = True
-    return flags & disagrees
+    return _first(ranked, max(count, int(confident.sum()))) & disagrees
 
 
 def likely_mislabelled_for_refit(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -78,9 +73,7 @@ def likely_mislabelled_for_refit(labels: np.ndarray, probs: np.ndarray) -> np.nd
     calibrated count (the larger estimate), including samples the model still predicts as labelled (a 1 among
     many 1s labelled 7 can look like a 7 to a model trained on them). Chosen on the same tuning sets."""
     ranked, calibrated, _, _, confident = noise_ranking(labels, probs)
-    flags = np.zeros(len(ranked), dtype=bool)
-    flags[ranked[:max(calibrated, int(confident.sum()))]] = True
-    return flags
+    return _first(ranked, max(calibrated, int(confident.sum())))
 
 
 def noise_ranking(labels: np.ndarray, probs: np.ndarray,
@@ -99,11 +92,9 @@ def noise_ranking(labels: np.ndarray, probs: np.ndarray,
     if len(present) < 2:  # nothing a label could be confused with
         nothing = np.zeros(len(labels), dtype=bool)
         return rows, 0, 0.0, nothing, nothing
-    others = probs.copy()
-    others[rows, labels] = -np.inf
-    best_other = others.max(axis=1)
-    disagrees = best_other > probs[rows, labels]
-    confident = disagrees & (probs[rows, labels] - best_other < -CONFIDENT_MARGIN)
+    given, best_other = _given_and_best_other(labels, probs)
+    disagrees = best_other > given
+    confident = disagrees & (given - best_other < -CONFIDENT_MARGIN)
 
     inside = probs[:, present]
     sums = inside.sum(axis=1, keepdims=True)
@@ -115,3 +106,18 @@ def noise_ranking(labels: np.ndarray, probs: np.ndarray,
     calibrated = int(num_label_issues(compact, inside, estimation_method="off_diagonal_calibrated"))
     ranked = np.argsort(-np.where(confident, 2.0, wrong), kind="stable")
     return ranked, calibrated, float(wrong.sum()), disagrees, confident
+
+
+def _given_and_best_other(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample's probability of its label and the largest probability of another class."""
+    rows = np.arange(len(labels))
+    others = np.array(probs, dtype=float)
+    others[rows, labels] = -np.inf
+    return np.asarray(probs, dtype=float)[rows, labels], others.max(axis=1)
+
+
+def _first(ranked: np.ndarray, n: int) -> np.ndarray:
+    """A mask of the first ``n`` rows of ``ranked``."""
+    flags = np.zeros(len(ranked), dtype=bool)
+    flags[ranked[:n]] = True
+    return flags

@@ -56,6 +56,18 @@ DEFAULTS: dict[str, Any] = {"folds": 5, "knn_neighbors": 10, "background_per_ima
                             "duplicate_iou": 0.5, "agreement_iou": 0.5}
 
 
+def crop_pred_probs(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5, knn_neighbors: int = 10,
+                    seed: int = 0) -> tuple[np.ndarray, int, str, list[str]]:
+    """Out-of-fold probabilities for crops classified with made-up classes (background, misplaced): the image
+    classifier (:func:`audit.checks.predictions.cross_validated_pred_probs`) with the low-margin refit (module
+    docstring). The check, the detection demo and the segmentation demo's regions all use it."""
+    from audit.checks.flag_rule import low_margin_calibrated_count
+    from audit.checks.predictions import cross_validated_pred_probs
+
+    return cross_validated_pred_probs(x, y, n_classes, folds, knn_neighbors, seed,
+                                      refit_rule=low_margin_calibrated_count)
+
+
 @register
 class ObjectMistakesCheck(Check):
     """Wrong-class, spurious, badly located and duplicate boxes from crop embeddings and geometry."""
@@ -105,9 +117,7 @@ class ObjectMistakesCheck(Check):
                      "warn" if m.get("n_issues") else "good")]
 
     def run(self, context: CheckContext) -> CheckResult:
-        from audit.checks.flag_rule import low_margin_calibrated_count
         from audit.checks.mistakes import flag_labels
-        from audit.checks.predictions import cross_validated_pred_probs
         from audit.geometry import same_class_overlap
 
         params = merge_params(self.name, context.params, DEFAULTS)
@@ -133,9 +143,8 @@ class ObjectMistakesCheck(Check):
             return CheckResult(self.name, pd.DataFrame(index=items.index),
                                {"skipped": "fewer than two object classes with two or more boxes"})
         probs_all = np.zeros((len(y_all), len(names)))
-        probs_all[keep], _, source, notes = cross_validated_pred_probs(
-            x_all[keep], y_all[keep], len(names), params["folds"], params["knn_neighbors"], context.seed,
-            refit_rule=low_margin_calibrated_count)
+        probs_all[keep], _, source, notes = crop_pred_probs(
+            x_all[keep], y_all[keep], len(names), params["folds"], params["knn_neighbors"], context.seed)
         flags_all = np.zeros(len(y_all), dtype=bool)
         quality_all = np.full(len(y_all), np.nan)
         flags_all[keep], quality_all[keep] = flag_labels(y_all[keep], probs_all[keep], FLAG_RULES, None)

@@ -67,22 +67,18 @@ def cross_validated_pred_probs(
     """
     from threadpoolctl import threadpool_limits
 
-    # Above KNN_EXACT_MAX_ROWS the vote's neighbours come from one approximate search, shared by both fits.
-    found = (_approximate_neighbours(embeddings) if knn_neighbors > 0 and len(labels) > KNN_EXACT_MAX_ROWS
-             else None)
+    found = _shared_neighbours(embeddings, labels, knn_neighbors)
     # One BLAS thread: lbfgs on these sizes makes many small matrix products, where OpenBLAS threads spin and
     # contend with each other and with the rest of the run.
     with threadpool_limits(1, user_api="blas"):
         probs, folds_used, description, notes = _cross_validated_pred_probs(
             embeddings, labels, n_classes, folds, knn_neighbors, seed, found=found)
-        if not refit:
-            return probs, folds_used, description, notes
-        left_out = _refit_left_out(labels, probs, refit_rule)
-        if not left_out.any():
-            return probs, folds_used, description, notes
-        probs, folds_used, description, more = _cross_validated_pred_probs(
-            embeddings, labels, n_classes, folds, knn_neighbors, seed, train_mask=~left_out, found=found)
-        return probs, folds_used, description, notes + [n for n in more if n not in notes]
+        refitted = (_refit(embeddings, labels, n_classes, probs, folds, knn_neighbors, seed, refit_rule, found)
+                    if refit else None)
+    if refitted is None:
+        return probs, folds_used, description, notes
+    probs, folds_used, description, more = refitted
+    return probs, folds_used, description, notes + [n for n in more if n not in notes]
 
 
 def refit_without_flagged(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, first_fit: np.ndarray,
@@ -90,17 +86,32 @@ def refit_without_flagged(embeddings: np.ndarray, labels: np.ndarray, n_classes:
                           ) -> tuple[np.ndarray, int, str, list[str]] | None:
     """The second fit of :func:`cross_validated_pred_probs` alone, from out-of-sample probabilities fitted
     elsewhere (the agreement check's, on majority votes): the model retrained on ``labels`` without the samples
-    ``first_fit`` flags. None when it flags nothing (the first fit then stands)."""
+    ``first_fit`` ranks as likely mislabelled. None when there are none (the first fit then stands)."""
     from threadpoolctl import threadpool_limits
 
-    left_out = _refit_left_out(labels, first_fit, likely_mislabelled_for_refit)
+    with threadpool_limits(1, user_api="blas"):
+        return _refit(embeddings, labels, n_classes, first_fit, folds, knn_neighbors, seed,
+                      likely_mislabelled_for_refit, _shared_neighbours(embeddings, labels, knn_neighbors))
+
+
+def _shared_neighbours(embeddings: np.ndarray, labels: np.ndarray, knn_neighbors: int,
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Above ``KNN_EXACT_MAX_ROWS`` the vote's neighbours come from one approximate search, shared by both fits;
+    None below (each fold searches exactly)."""
+    return (_approximate_neighbours(embeddings) if knn_neighbors > 0 and len(labels) > KNN_EXACT_MAX_ROWS
+            else None)
+
+
+def _refit(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, first_fit: np.ndarray, folds: int,
+           knn_neighbors: int, seed: int, rule: Callable[[np.ndarray, np.ndarray], np.ndarray],
+           found: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, int, str, list[str]] | None:
+    """The second fit on the same folds, without the samples ``rule`` marks in ``first_fit``; None when it marks
+    none."""
+    left_out = _refit_left_out(labels, first_fit, rule)
     if not left_out.any():
         return None
-    found = (_approximate_neighbours(embeddings) if knn_neighbors > 0 and len(labels) > KNN_EXACT_MAX_ROWS
-             else None)
-    with threadpool_limits(1, user_api="blas"):
-        return _cross_validated_pred_probs(embeddings, labels, n_classes, folds, knn_neighbors, seed,
-                                           train_mask=~left_out, found=found)
+    return _cross_validated_pred_probs(embeddings, labels, n_classes, folds, knn_neighbors, seed,
+                                       train_mask=~left_out, found=found)
 
 
 def _unit_rows(embeddings: np.ndarray) -> np.ndarray:

@@ -693,7 +693,7 @@ def findings_without_predictions(demo: DetectionDemo, label_set: str = GIVEN, ne
     """What a single label set reveals with no detector and no other annotator: a cross-validated classifier on
     crop pixels, and the geometry.
 
-    The classifier is the image pipeline's (:func:`audit.checks.predictions.cross_validated_pred_probs` on
+    The classifier is the object check's (:func:`audit.checks.object_mistakes.crop_pred_probs` on
     :func:`crop_features`, 8x8 grey), trained on the label boxes with their classes plus, per ``negatives``,
     examples made from the labels themselves: ``background`` (two random windows per image overlapping no label
     box, :func:`background_boxes`) and ``misplaced`` (badly drawn copies of 30% of the label boxes,
@@ -707,8 +707,7 @@ def findings_without_predictions(demo: DetectionDemo, label_set: str = GIVEN, ne
     - ``location`` (needs the ``misplaced`` negative): score = probability of misplaced; flag = most likely.
     - ``duplicate``: :func:`audit.geometry.same_class_overlap` (flag: IoU >= 0.5).
     """
-    from audit.checks.flag_rule import low_margin_calibrated_count
-    from audit.checks.predictions import cross_validated_pred_probs
+    from audit.checks.object_mistakes import crop_pred_probs
     from audit.geometry import same_class_overlap
 
     labels = demo.label_set(label_set)
@@ -724,8 +723,7 @@ def findings_without_predictions(demo: DetectionDemo, label_set: str = GIVEN, ne
     x = np.vstack([object_crop_features(labels, demo.samples),
                    object_crop_features(others.set_index(pd.RangeIndex(len(others))), demo.samples)])
     y = np.r_[labels["label"].map(codes).to_numpy(int), others["label"].map(codes).to_numpy(int)]
-    all_probs, _, _, _ = cross_validated_pred_probs(x, y, len(names), folds, seed=seed,
-                                                    refit_rule=low_margin_calibrated_count)
+    all_probs, _, _, _ = crop_pred_probs(x, y, len(names), folds, seed=seed)
     flagged = object_flags(y, all_probs)[: len(labels)]
     n = len(labels)
     probs, given = all_probs[:n], y[:n]

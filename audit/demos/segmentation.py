@@ -600,14 +600,13 @@ def findings_without_model(demo: SegmentationDemo, folds: int = 5, seed: int = 0
     """The object pipeline on the shipped masks' regions, no model given (see :mod:`audit.checks.mask_mistakes`).
 
     Regions (:func:`~audit.checks.mask_mistakes.region_objects`, merge distance 2) -> crop features
-    (:func:`region_crop_features`) plus background windows -> :func:`audit.checks.predictions.
-    cross_validated_pred_probs` -> :func:`~audit.checks.mask_mistakes.region_label_issues`. A flagged region is a
+    (:func:`region_crop_features`) plus background windows -> :func:`audit.checks.object_mistakes.crop_pred_probs`
+    -> :func:`~audit.checks.mask_mistakes.region_label_issues`. A flagged region is a
     ``wrong_class`` finding when its most likely class is another digit, ``extra`` when it is background.
     Returns the findings, the image scores (``mask_regions_score``) and the metrics.
     """
-    from audit.checks.flag_rule import low_margin_calibrated_count
     from audit.checks.mask_mistakes import region_label_issues, region_objects
-    from audit.checks.predictions import cross_validated_pred_probs
+    from audit.checks.object_mistakes import crop_pred_probs
 
     spec = demo.spec
     objects = region_objects(demo.samples["mask"], spec, merge_distance=merge_distance)
@@ -616,9 +615,7 @@ def findings_without_model(demo: SegmentationDemo, folds: int = 5, seed: int = 0
     codes = {c: i for i, c in enumerate(spec.classes)}
     x = np.vstack([features, windows])
     y = np.concatenate([objects["label"].map(codes).to_numpy(int), np.full(len(windows), spec.background)])
-    # trained with made-up background windows: the low-margin refit, as for object crops (audit.checks.object_mistakes)
-    probs, _, description, _ = cross_validated_pred_probs(x, y, spec.n_classes, folds, seed=seed,
-                                                          refit_rule=low_margin_calibrated_count)
+    probs, _, description, _ = crop_pred_probs(x, y, spec.n_classes, folds, seed=seed)  # with background windows
     result = region_label_issues(objects, probs[: len(objects)], spec.classes, sample_ids=demo.samples.index)
     regions = result.regions
     suggested = regions["region_suggested_label"]
